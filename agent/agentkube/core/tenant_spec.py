@@ -1,0 +1,259 @@
+"""The tenant spec: the properties of a "kubernetes-cluster" service (../shared/TENANT-SPEC.md).
+
+One pydantic model validates it everywhere: the agent before a job runs, `agentkube validate`, and the
+playbooks' validate role (which calls `agentkube validate` logic through the vars file the agent wrote).
+Field names are camelCase as in Fulcrum. Unknown fields are errors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+VERSION_RE = re.compile(r"^v(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)$")
+# Kubernetes label keys: optional DNS-subdomain prefix + "/" + name (63 chars, alnum at both ends).
+_LABEL_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?" + _LABEL_NAME + r"$")
+LABEL_VALUE_RE = re.compile(r"^(" + _LABEL_NAME + r")?$")
+
+DEFAULT_MIN_MINOR = (1, 33)
+DEFAULT_MAX_MINOR = (1, 36)
+
+
+def parse_version(value: str) -> tuple[int, int, int]:
+    """'v1.35.7' -> (1, 35, 7); ValueError with the expected form otherwise."""
+    m = VERSION_RE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a version of the form vMAJOR.MINOR.PATCH (e.g. v1.35.7)")
+    return int(m["major"]), int(m["minor"]), int(m["patch"])
+
+
+class FieldError(ValueError):
+    """Raised by a model-level check to name the sub-field at fault (reported as '<model path>.<field>')."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=False, frozen=False)
+
+
+class ControlPlane(_Strict):
+    replicas: Annotated[int, Field(ge=1, le=5)] = 2
+    serviceType: Literal["LoadBalancer", "NodePort", "ClusterIP"] = "LoadBalancer"
+    address: str = ""
+    port: Annotated[int, Field(ge=1, le=65535)] = 6443
+    certSANs: list[str] = Field(default_factory=list)
+
+    @field_validator("address")
+    @classmethod
+    def _ipv4(cls, v: str) -> str:
+        if v:
+            try:
+                ipaddress.IPv4Address(v)
+            except ValueError as e:
+                raise ValueError(f"{v!r} is not an IPv4 address") from e
+        return v
+
+    @field_validator("certSANs")
+    @classmethod
+    def _sans(cls, v: list[str]) -> list[str]:
+        dns = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        for san in v:
+            try:
+                ipaddress.ip_address(san)
+                continue
+            except ValueError:
+                pass
+            if len(san) > 253 or not dns.match(san):
+                raise ValueError(f"{san!r} is neither an IP address nor a DNS name")
+        if len(set(v)) != len(v):
+            raise ValueError("duplicate entries")
+        return v
+
+    @model_validator(mode="after")
+    def _address_rules(self) -> ControlPlane:
+        if self.serviceType == "NodePort" and not self.address:
+            raise FieldError("address", "required when serviceType is NodePort")
+        return self
+
+
+class Network(_Strict):
+    podCidr: str = "10.244.0.0/16"
+    serviceCidr: str = "10.96.0.0/16"
+    dnsServiceIP: str = ""
+
+    @field_validator("podCidr", "serviceCidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(v, strict=True)
+        except ValueError as e:
+            raise ValueError(f"{v!r} is not an IPv4 network in CIDR form (e.g. 10.96.0.0/16)") from e
+        if net.prefixlen > 28:
+            raise ValueError(f"{v!r} is too small (prefix longer than /28)")
+        return v
+
+    @model_validator(mode="after")
+    def _dns_ip(self) -> Network:
+        svc = ipaddress.IPv4Network(self.serviceCidr)
+        pod = ipaddress.IPv4Network(self.podCidr)
+        if svc.overlaps(pod):
+            raise FieldError("serviceCidr", f"{self.serviceCidr} overlaps podCidr {self.podCidr}")
+        if not self.dnsServiceIP:
+            self.dnsServiceIP = str(svc.network_address + 10)
+            return self
+        try:
+            ip = ipaddress.IPv4Address(self.dnsServiceIP)
+        except ValueError as e:
+            raise FieldError("dnsServiceIP", f"{self.dnsServiceIP!r} is not an IPv4 address") from e
+        if ip not in svc or ip in (svc.network_address, svc.broadcast_address):
+            raise FieldError(
+                "dnsServiceIP", f"{self.dnsServiceIP} must lie inside serviceCidr {self.serviceCidr}"
+            )
+        return self
+
+
+class Addons(_Strict):
+    coreDNS: bool = True
+    kubeProxy: bool = True
+    konnectivity: bool = True
+
+
+class Taint(_Strict):
+    key: str
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not LABEL_KEY_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid taint key")
+        return v
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, v: str) -> str:
+        if not LABEL_VALUE_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid taint value")
+        return v
+
+
+class NodePool(_Strict):
+    name: str
+    count: Annotated[int, Field(ge=0, le=50)] = 2
+    cores: Annotated[int, Field(ge=1, le=64)] = 2
+    memoryMiB: Annotated[int, Field(ge=1024, le=262144)] = 4096
+    diskGiB: Annotated[int, Field(ge=10, le=4096)] = 40
+    labels: dict[str, str] = Field(default_factory=dict)
+    taints: list[Taint] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not DNS1123_LABEL.match(v) or len(v) > 20:
+            raise ValueError(f"{v!r} is not a DNS-1123 label of at most 20 characters (a-z, 0-9, '-')")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not LABEL_KEY_RE.match(key):
+                raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
+            if not LABEL_VALUE_RE.match(value):
+                raise ValueError(f"label value {value!r} (key {key!r}) is not a valid Kubernetes label value")
+        return v
+
+
+class Baseline(_Strict):
+    cni: Literal["calico", "cilium", "none"] = "calico"
+    podSecurity: Literal["privileged", "baseline", "restricted"] = "baseline"
+
+
+class TenantSpec(_Strict):
+    kubernetesVersion: str
+    controlPlane: ControlPlane = Field(default_factory=ControlPlane)
+    network: Network = Field(default_factory=Network)
+    addons: Addons = Field(default_factory=Addons)
+    nodePools: list[NodePool] = Field(default_factory=lambda: [NodePool(name="default")])
+    baseline: Baseline = Field(default_factory=Baseline)
+
+    @field_validator("kubernetesVersion")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        parse_version(v)
+        return v
+
+    @field_validator("nodePools")
+    @classmethod
+    def _unique_pools(cls, v: list[NodePool]) -> list[NodePool]:
+        seen: set[str] = set()
+        for pool in v:
+            if pool.name in seen:
+                raise ValueError(f"duplicate pool name {pool.name!r}")
+            seen.add(pool.name)
+        return v
+
+    @property
+    def minor(self) -> tuple[int, int]:
+        major, minor, _ = parse_version(self.kubernetesVersion)
+        return major, minor
+
+
+class SpecError(ValueError):
+    """A tenant spec failed validation; `errors` lists (field path, message) pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in errors))
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(root)"
+
+
+def validate_tenant_spec(
+    data: Any,
+    *,
+    min_minor: tuple[int, int] = DEFAULT_MIN_MINOR,
+    max_minor: tuple[int, int] = DEFAULT_MAX_MINOR,
+) -> TenantSpec:
+    """Validate raw properties; raise SpecError naming every bad field. The version window is the operator's."""
+    if not isinstance(data, dict):
+        raise SpecError([("(root)", "the tenant spec must be a mapping")])
+    try:
+        spec = TenantSpec.model_validate(data)
+    except ValidationError as e:
+        errors = []
+        for err in e.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            msg = err["msg"].removeprefix("Value error, ")
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, FieldError):
+                loc = (*loc, cause.field)
+                msg = str(cause)
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            errors.append((_path(loc), msg))
+        raise SpecError(errors) from None
+    if not (min_minor <= spec.minor <= max_minor):
+        raise SpecError([(
+            "kubernetesVersion",
+            f"{spec.kubernetesVersion} is outside the supported window "
+            f"v{min_minor[0]}.{min_minor[1]} to v{max_minor[0]}.{max_minor[1]}",
+        )])
+    return spec
