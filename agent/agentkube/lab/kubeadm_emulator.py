@@ -1,0 +1,414 @@
+"""LAB EMULATOR of `kubeadm` (never a real kubeadm): installed into a lab root filesystem as /usr/bin/kubeadm.
+
+A real kubeadm/kubelet cannot run on the lab machines, so this script stands in at the narrowest seam:
+- `kubeadm join --config FILE` validates the JoinConfiguration (kubeadm.k8s.io/v1beta4), performs the
+  bootstrap-token discovery against the tenant API (reads kube-public/cluster-info, pins the CA against
+  `caCertHashes`: sha256 of the CA's DER SubjectPublicKeyInfo), then, over TLS verified with that CA and
+  authenticated with the bootstrap token as a bearer token, registers the Node (name, node-labels, taints) and
+  writes /etc/kubernetes/kubelet.conf, /etc/kubernetes/pki/ca.crt and /var/lib/kubelet/config.yaml.
+  It does not do the TLS bootstrap (CSR) nor the JWS check of cluster-info; kubelet.conf therefore names
+  client-certificate paths that hold no certificate.
+- `kubeadm config validate --config FILE`, `kubeadm version -o short`, `kubeadm reset -f` (local files only,
+  as the real one), `kubeadm upgrade node` (checks the node has joined and rewrites the kubelet config).
+Nothing else is emulated. `install_into_rootfs` also places lab stand-ins for `kubelet` and `kubectl` that
+only print their version.
+
+Runs inside the root filesystem with its python3: standard library plus PyYAML (python3-yaml), no agentkube
+imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+try:
+    import yaml  # python3-yaml inside the root filesystem
+except ImportError:  # pragma: no cover - depends on the root filesystem
+    yaml = None
+
+LAB_MARKER = "agentkube LAB EMULATOR"
+VERSION_FILE = "/usr/lib/agentkube-lab/kubernetes-version"
+KUBERNETES_DIR = "/etc/kubernetes"
+KUBELET_DIR = "/var/lib/kubelet"
+API_VERSION = "kubeadm.k8s.io/v1beta4"
+TOKEN_RE = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
+HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+DURATION_RE = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s)?$")
+HTTP_TIMEOUT = 10.0
+
+
+class KubeadmError(Exception):
+    """A failure reported the way kubeadm does: a message on stderr, exit status 1."""
+
+
+def _root() -> Path:
+    # Tests run the emulator outside a chroot against a directory standing for "/".
+    return Path(os.environ.get("AGENTKUBE_LAB_ROOT", "/"))
+
+
+def _path(absolute: str) -> Path:
+    return _root() / absolute.lstrip("/")
+
+
+def lab_version() -> str:
+    try:
+        return _path(VERSION_FILE).read_text().strip()
+    except FileNotFoundError as exc:
+        raise KubeadmError(f"{LAB_MARKER}: {VERSION_FILE} is missing (see install_into_rootfs)") from exc
+
+
+# ---------------------------------------------------------------- configuration
+def load_config(path: str) -> dict:
+    if yaml is None:  # pragma: no cover - depends on the root filesystem
+        raise KubeadmError("python3-yaml is required by the lab kubeadm emulator")
+    try:
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        raise KubeadmError(f"unable to read config from {path!r}: {exc}") from exc
+    joins = [d for d in docs if isinstance(d, dict) and d.get("kind") == "JoinConfiguration"]
+    if len(joins) != 1:
+        raise KubeadmError(f"{path}: expected exactly one JoinConfiguration, found {len(joins)}")
+    return validate_join_configuration(joins[0])
+
+
+def validate_join_configuration(cfg: dict) -> dict:
+    """Field checks a real kubeadm makes on a worker's JoinConfiguration; raises naming the field."""
+    def fail(field: str, why: str) -> None:
+        raise KubeadmError(f"JoinConfiguration {field}: {why}")
+
+    if cfg.get("apiVersion") != API_VERSION:
+        fail("apiVersion", f"must be {API_VERSION}, got {cfg.get('apiVersion')!r}")
+    discovery = cfg.get("discovery")
+    if not isinstance(discovery, dict):
+        fail("discovery", "is required")
+    bt = discovery.get("bootstrapToken")
+    if not isinstance(bt, dict):
+        fail("discovery.bootstrapToken", "is required (the lab emulator supports token discovery only)")
+    endpoint = bt.get("apiServerEndpoint")
+    if not isinstance(endpoint, str) or not re.match(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$", endpoint):
+        fail("discovery.bootstrapToken.apiServerEndpoint", f"must be host:port, got {endpoint!r}")
+    if not isinstance(bt.get("token"), str) or not TOKEN_RE.match(bt["token"]):
+        fail("discovery.bootstrapToken.token", "must match [a-z0-9]{6}.[a-z0-9]{16}")
+    hashes = bt.get("caCertHashes")
+    if bt.get("unsafeSkipCAVerification"):
+        fail("discovery.bootstrapToken.unsafeSkipCAVerification", "CA verification is never skipped here")
+    if not isinstance(hashes, list) or not hashes:
+        fail("discovery.bootstrapToken.caCertHashes", "at least one sha256:<hex> pin is required")
+    for h in hashes:
+        if not isinstance(h, str) or not HASH_RE.match(h):
+            fail("discovery.bootstrapToken.caCertHashes", f"{h!r} is not sha256:<64 hex>")
+    tls_token = discovery.get("tlsBootstrapToken", bt["token"])
+    if not isinstance(tls_token, str) or not TOKEN_RE.match(tls_token):
+        fail("discovery.tlsBootstrapToken", "must match [a-z0-9]{6}.[a-z0-9]{16}")
+    reg = cfg.get("nodeRegistration")
+    if not isinstance(reg, dict):
+        fail("nodeRegistration", "is required")
+    name = reg.get("name")
+    if not isinstance(name, str) or len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
+        fail("nodeRegistration.name", f"must be a DNS-1123 subdomain, got {name!r}")
+    for i, taint in enumerate(reg.get("taints") or []):
+        if not isinstance(taint, dict) or not taint.get("key") or taint.get("effect") not in TAINT_EFFECTS:
+            fail(f"nodeRegistration.taints[{i}]", f"needs key and effect in {TAINT_EFFECTS}")
+    extra = reg.get("kubeletExtraArgs") or []
+    if not isinstance(extra, list) or any(not isinstance(a, dict) or "name" not in a for a in extra):
+        fail("nodeRegistration.kubeletExtraArgs", "v1beta4 wants a list of {name, value}")
+    for key, value in (cfg.get("timeouts") or {}).items():
+        if not isinstance(value, str) or not DURATION_RE.match(value) or not value:
+            fail(f"timeouts.{key}", f"{value!r} is not a duration like 5m0s")
+    return cfg
+
+
+def node_labels(cfg: dict) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for arg in cfg["nodeRegistration"].get("kubeletExtraArgs") or []:
+        if arg["name"] == "node-labels" and arg.get("value"):
+            for pair in str(arg["value"]).split(","):
+                key, _, value = pair.partition("=")
+                labels[key.strip()] = value.strip()
+    return labels
+
+
+# ---------------------------------------------------------------- CA pinning (stdlib DER walk)
+def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of content, end of content) of the DER element at `pos`."""
+    tag = data[pos]
+    length = data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(data[pos:pos + n], "big")
+        pos += n
+    return tag, pos, pos + length
+
+
+def spki_sha256(cert_der: bytes) -> str:
+    """`sha256:<hex>` of the certificate's DER SubjectPublicKeyInfo (what kubeadm pins)."""
+    _, cert_start, _ = _tlv(cert_der, 0)          # Certificate
+    _, pos, _ = _tlv(cert_der, cert_start)        # tbsCertificate: walk its fields
+    tag, _, end = _tlv(cert_der, pos)
+    if tag == 0xA0:                               # [0] version
+        pos = end
+        tag, _, end = _tlv(cert_der, pos)
+    for _ in range(5):                            # serial, signature, issuer, validity, subject
+        _, _, end = _tlv(cert_der, pos)
+        pos = end
+    _, _, end = _tlv(cert_der, pos)               # subjectPublicKeyInfo
+    return "sha256:" + hashlib.sha256(cert_der[pos:end]).hexdigest()
+
+
+def pem_certificates(pem: bytes) -> list[bytes]:
+    blocks = re.findall(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", pem, re.S)
+    return [base64.b64decode(b"".join(block.split())) for block in blocks]
+
+
+# ---------------------------------------------------------------- HTTP
+def _request(url: str, context: ssl.SSLContext, token: str | None = None, method: str = "GET",
+             body: dict | None = None) -> tuple[int, dict]:
+    headers = {"Accept": "application/json", "User-Agent": "kubeadm-lab-emulator"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310 (https only)
+    try:
+        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT, context=context) as resp:  # noqa: S310
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            payload = json.loads(exc.read() or b"{}")
+        except ValueError:
+            payload = {}
+        return exc.code, payload
+
+
+def discover(endpoint: str, token: str, pins: list[str]) -> tuple[str, bytes]:
+    """Token discovery: fetch cluster-info without trusting the server yet, then pin its CA.
+
+    Returns (server URL from cluster-info, CA PEM)."""
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE  # like kubeadm: trust comes from the CA pin checked below
+    url = f"https://{endpoint}/api/v1/namespaces/kube-public/configmaps/cluster-info"
+    try:
+        status, cm = _request(url, insecure)
+        if status == 401 or status == 403:
+            status, cm = _request(url, insecure, token=token)
+    except (OSError, ValueError) as exc:
+        raise KubeadmError(f"[discovery] failed to request cluster-info from {endpoint}: {exc}") from exc
+    if status != 200:
+        raise KubeadmError(f"[discovery] cluster-info: HTTP {status} {cm.get('message', '')}")
+    try:
+        kubeconfig = yaml.safe_load(cm["data"]["kubeconfig"])
+        cluster = kubeconfig["clusters"][0]["cluster"]
+        ca_pem = base64.b64decode(cluster["certificate-authority-data"])
+        server = cluster["server"]
+    except (KeyError, IndexError, TypeError, ValueError, yaml.YAMLError) as exc:
+        raise KubeadmError(f"[discovery] cluster-info holds no usable kubeconfig: {exc}") from exc
+    certs = pem_certificates(ca_pem)
+    if not certs:
+        raise KubeadmError("[discovery] cluster-info holds no CA certificate")
+    actual = spki_sha256(certs[0])
+    if actual not in pins:
+        raise KubeadmError(
+            f"[discovery] cluster CA found in cluster-info does not match any pinned public key: {actual}"
+        )
+    return server, ca_pem
+
+
+def register_node(server: str, ca_pem: bytes, token: str, cfg: dict, version: str) -> None:
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    reg = cfg["nodeRegistration"]
+    name = reg["name"]
+    labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **node_labels(cfg)}
+    taints = [{k: t[k] for k in ("key", "value", "effect") if t.get(k) is not None}
+              for t in reg.get("taints") or []]
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels,
+                     "annotations": {"agentkube.io/lab-emulated-kubelet": "true"}},
+        "spec": {"taints": taints} if taints else {},
+        "status": {
+            "nodeInfo": {"kubeletVersion": version, "containerRuntimeVersion": "containerd://lab",
+                         "operatingSystem": "linux", "architecture": "amd64"},
+            "conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                            "message": "container runtime network not ready: NetworkReady=false"}],
+        },
+    }
+    try:
+        status, body = _request(f"{server}/api/v1/nodes", context, token=token, method="POST", body=node)
+    except (OSError, ValueError) as exc:
+        raise KubeadmError(f"[kubelet-start] cannot reach {server}: {exc}") from exc
+    if status == 409:
+        raise KubeadmError(f'a Node with name "{name}" already exists in the cluster')
+    if status not in (200, 201):
+        message = body.get("message", "")
+        raise KubeadmError(f"[kubelet-start] registering Node {name}: HTTP {status} {message}")
+
+
+def write_node_files(server: str, ca_pem: bytes, name: str) -> None:
+    pki = _path(f"{KUBERNETES_DIR}/pki")
+    pki.mkdir(parents=True, exist_ok=True)
+    (pki / "ca.crt").write_bytes(ca_pem)
+    kubelet_conf = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "default-cluster", "cluster": {
+            "server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "users": [{"name": "default-auth", "user": {
+            "client-certificate": f"{KUBELET_DIR}/pki/kubelet-client-current.pem",
+            "client-key": f"{KUBELET_DIR}/pki/kubelet-client-current.pem"}}],
+        "contexts": [{"name": "default-context", "context": {"cluster": "default-cluster",
+                                                              "user": "default-auth"}}],
+        "current-context": "default-context",
+    }
+    conf = _path(f"{KUBERNETES_DIR}/kubelet.conf")
+    conf.write_text(f"# written by the {LAB_MARKER} of kubeadm for node {name}\n" + json.dumps(kubelet_conf))
+    conf.chmod(0o600)
+    write_kubelet_config()
+
+
+def write_kubelet_config() -> None:
+    kubelet = _path(KUBELET_DIR)
+    kubelet.mkdir(parents=True, exist_ok=True)
+    (kubelet / "config.yaml").write_text(
+        f"# written by the {LAB_MARKER} of kubeadm\n"
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: systemd\n"
+        "authentication:\n  x509:\n    clientCAFile: /etc/kubernetes/pki/ca.crt\n"
+    )
+
+
+# ---------------------------------------------------------------- commands
+def cmd_join(config: str) -> None:
+    cfg = load_config(config)
+    if _path(f"{KUBERNETES_DIR}/kubelet.conf").exists():
+        raise KubeadmError(f"[preflight] {KUBERNETES_DIR}/kubelet.conf already exists")
+    bt = cfg["discovery"]["bootstrapToken"]
+    server, ca_pem = discover(bt["apiServerEndpoint"], bt["token"], bt["caCertHashes"])
+    token = cfg["discovery"].get("tlsBootstrapToken", bt["token"])
+    register_node(server, ca_pem, token, cfg, lab_version())
+    write_node_files(server, ca_pem, cfg["nodeRegistration"]["name"])
+    print("This node has joined the cluster (lab emulator: Node registered, kubelet not started).")
+
+
+def cmd_reset() -> None:
+    for rel in (f"{KUBERNETES_DIR}/kubelet.conf", f"{KUBERNETES_DIR}/pki", KUBELET_DIR,
+                f"{KUBERNETES_DIR}/bootstrap-kubelet.conf"):
+        target = _path(rel)
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    print("[reset] lab emulator: removed the node's kubeadm/kubelet files")
+
+
+def cmd_upgrade_node() -> None:
+    if not _path(f"{KUBERNETES_DIR}/kubelet.conf").exists():
+        raise KubeadmError("[upgrade] this node has not joined a cluster (no kubelet.conf)")
+    write_kubelet_config()
+    print(f"[upgrade] lab emulator: kubelet configuration rewritten for {lab_version()}")
+
+
+def kubeadm_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubeadm", description=f"{LAB_MARKER} of kubeadm")
+    sub = parser.add_subparsers(dest="command", required=True)
+    join = sub.add_parser("join")
+    join.add_argument("--config", required=True)
+    join.add_argument("endpoint", nargs="?")
+    config = sub.add_parser("config")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    validate = config_sub.add_parser("validate")
+    validate.add_argument("--config", required=True)
+    version = sub.add_parser("version")
+    version.add_argument("-o", "--output", default="")
+    reset = sub.add_parser("reset")
+    reset.add_argument("-f", "--force", action="store_true")
+    upgrade = sub.add_parser("upgrade")
+    upgrade_sub = upgrade.add_subparsers(dest="upgrade_command", required=True)
+    upgrade_sub.add_parser("node")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "join":
+            if args.endpoint:
+                raise KubeadmError("the lab emulator takes the endpoint from --config only")
+            cmd_join(args.config)
+        elif args.command == "config":
+            load_config(args.config)
+            print("ok (validated by the lab emulator)")
+        elif args.command == "version":
+            short = args.output == "short"
+            print(lab_version() if short else f"kubeadm version: {lab_version()} (lab emulator)")
+        elif args.command == "reset":
+            if not args.force:
+                raise KubeadmError("the lab emulator only supports `reset -f`")
+            cmd_reset()
+        else:
+            cmd_upgrade_node()
+    except KubeadmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- installation into a root filesystem
+KUBELET_STUB = """#!/bin/sh
+# agentkube LAB STAND-IN for kubelet: prints its version, nothing else. Not a kubelet.
+case "$1" in
+  --version) echo "Kubernetes {version}" ;;
+  *) echo "lab stand-in kubelet: only --version is supported" >&2; exit 1 ;;
+esac
+"""
+KUBECTL_STUB = """#!/bin/sh
+# agentkube LAB STAND-IN for kubectl: prints its client version, nothing else. Not a kubectl.
+case "$*" in
+  "version --client"*) echo "Client Version: {version}" ;;
+  *) echo "lab stand-in kubectl: only 'version --client' is supported" >&2; exit 1 ;;
+esac
+"""
+
+
+def install_into_rootfs(root: Path, version: str, kubelet_version: str | None = None) -> None:
+    """Place the lab kubeadm emulator and the kubelet/kubectl stand-ins under `root`/usr/bin."""
+    if not re.match(r"^v\d+\.\d+\.\d+$", version):
+        raise ValueError(f"version must look like v1.35.7, got {version!r}")
+    root = Path(root)
+    bin_dir = root / "usr/bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    source = Path(__file__).read_text()
+    (bin_dir / "kubeadm").write_text("#!/usr/bin/python3\n" + source)
+    (bin_dir / "kubelet").write_text(KUBELET_STUB.format(version=kubelet_version or version))
+    (bin_dir / "kubectl").write_text(KUBECTL_STUB.format(version=version))
+    for name in ("kubeadm", "kubelet", "kubectl"):
+        (bin_dir / name).chmod(0o755)
+    version_file = root / VERSION_FILE.lstrip("/")
+    version_file.parent.mkdir(parents=True, exist_ok=True)
+    version_file.write_text(version + "\n")
+
+
+def install_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Install the lab kubeadm emulator into a root filesystem")
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--version", required=True, help="version the emulated kubeadm/kubectl report")
+    parser.add_argument("--kubelet-version", help="version the kubelet stand-in reports (default: --version)")
+    args = parser.parse_args(argv)
+    install_into_rootfs(args.root, args.version, args.kubelet_version)
+    print(f"installed the lab kubeadm emulator ({args.version}) into {args.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(kubeadm_main() if Path(sys.argv[0]).name == "kubeadm" else install_main())
