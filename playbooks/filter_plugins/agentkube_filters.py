@@ -1,0 +1,95 @@
+"""Jinja filters for the playbooks and roles: thin wrappers over agentkube.core, so a playbook and the agent
+derive names, validate specs and plan upgrades with the same code (no logic lives here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from agentkube.core.tcp_manifest import TEMPLATE_FILTERS, TcpSettings, deep_merge, parse_minor
+from agentkube.core.tcp_upgrade import UpgradeRefused, plan_upgrade
+from agentkube.core.tenant_spec import SpecError, validate_tenant_spec
+
+
+def _plain(value: Any) -> Any:
+    """Ansible's tagged str/dict/list subclasses -> plain Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def tenant_spec_errors(data: Any, min_version: str = "v1.33", max_version: str = "v1.36") -> list[str]:
+    """Every problem of a tenant spec as '<field path>: <message>'; [] when valid."""
+    try:
+        validate_tenant_spec(
+            _plain(data), min_minor=parse_minor(min_version), max_minor=parse_minor(max_version)
+        )
+    except SpecError as e:
+        return [f"agentkube_tenant.{path}: {msg}" for path, msg in e.errors]
+    return []
+
+
+def tenant_spec(data: Any, min_version: str = "v1.33", max_version: str = "v1.36") -> dict[str, Any]:
+    """The tenant spec with every default filled (camelCase); raises on an invalid spec."""
+    spec = validate_tenant_spec(
+        _plain(data), min_minor=parse_minor(min_version), max_minor=parse_minor(max_version)
+    )
+    return spec.model_dump(mode="json")
+
+
+def tcp_settings_errors(variables: dict[str, Any]) -> list[str]:
+    """Problems of the operator settings given as role variables {kamaji_tcp_<field>: value}."""
+    try:
+        TcpSettings.from_vars(_plain(variables))
+    except ValidationError as e:
+        return [
+            f"kamaji_tcp_{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+            for err in e.errors()
+        ]
+    return []
+
+
+def tcp_upgrade_plan(
+    current: str,
+    desired: str,
+    min_version: str,
+    max_version: str,
+    upgrade_path: dict[str, str] | None = None,
+    step_minors: bool = True,
+) -> dict[str, Any]:
+    """{'steps': [versions to apply in order], 'error': ''} or {'steps': [], 'error': why it is refused}."""
+    try:
+        steps = plan_upgrade(
+            str(current),
+            str(desired),
+            min_minor=parse_minor(min_version),
+            max_minor=parse_minor(max_version),
+            upgrade_path=_plain(upgrade_path),
+            step_minors=bool(step_minors),
+        )
+    except (UpgradeRefused, ValueError) as e:
+        return {"steps": [], "error": str(e)}
+    return {"steps": steps, "error": ""}
+
+
+def agentkube_deep_merge(base: Any, overlay: Any) -> Any:
+    """Deep merge as `agentkube render` does it: mappings merge, lists replace, None deletes a key."""
+    return deep_merge(_plain(base), _plain(overlay))
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        shared = {name: f for name, f in TEMPLATE_FILTERS.items() if name != "to_json"}  # Ansible has its own
+        return {
+            **shared,
+            "agentkube_tenant_spec": tenant_spec,
+            "agentkube_tenant_spec_errors": tenant_spec_errors,
+            "agentkube_tcp_settings_errors": tcp_settings_errors,
+            "agentkube_tcp_upgrade_plan": tcp_upgrade_plan,
+            "agentkube_deep_merge": agentkube_deep_merge,
+        }
