@@ -1,0 +1,273 @@
+"""Runs one playbook for one job through ansible-runner. Knows ansible-runner, nothing about Fulcrum.
+
+Per run: a fresh private data directory (ident = job id), the variables in a 0600 vars file passed as
+`-e @file` (never as values on the command line), `suppress_env_files`, secrets scrubbed from events before
+they are written and from every artifact afterwards, a job timeout, an idle timeout and cancellation, events
+streamed to JSON logs through a non-blocking queue, and the result read from `set_stats`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+from agentkube.core.redaction import Redactor
+
+log = logging.getLogger(__name__)
+event_log = logging.getLogger("agentkube.events")
+
+RESULT_KEY = "agentkube_result"
+
+
+@dataclass
+class PlaybookRun:
+    ident: str
+    playbook: str                      # relative to project_dir (or absolute)
+    variables: dict[str, Any]
+    operator_vars: dict[str, Any] = field(default_factory=dict)
+    inventory: str | None = None
+    timeout_s: int = 3600
+    idle_timeout_s: int = 900
+
+
+@dataclass
+class PlaybookOutcome:
+    status: str                        # successful | failed | timeout | idle | canceled | error
+    rc: int | None
+    result: dict[str, Any] | None      # set_stats data under RESULT_KEY
+    error: str = ""                    # a descriptive message when not successful
+    duration_s: float = 0.0
+    artifact_dir: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful"
+
+
+class JobRunner:
+    def __init__(
+        self,
+        project_dir: Path,
+        jobs_dir: Path,
+        redactor: Redactor,
+        *,
+        keep_artifacts: int = 20,
+        extra_env: dict[str, str] | None = None,
+        event_queue_size: int = 10000,
+    ):
+        self.project_dir = Path(project_dir)
+        self.jobs_dir = Path(jobs_dir)
+        self.jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.redactor = redactor
+        self.keep_artifacts = keep_artifacts
+        self.extra_env = dict(extra_env or {})
+        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=event_queue_size)
+        self.events_dropped = 0
+        self._logger = threading.Thread(target=self._drain_events, name="runner-events", daemon=True)
+        self._logger.start()
+
+    # -- events -----------------------------------------------------------------------------------
+    def _drain_events(self) -> None:
+        while True:
+            item = self._events.get()
+            if item is None:
+                return
+            event_log.info(json.dumps(item, default=str, sort_keys=True))
+
+    def close(self) -> None:
+        self._events.put(None)
+        self._logger.join(timeout=5)
+
+    def _enqueue(self, item: dict[str, Any]) -> None:
+        try:
+            self._events.put_nowait(item)
+        except queue.Full:
+            self.events_dropped += 1
+
+    # -- the run ----------------------------------------------------------------------------------
+    def private_dir(self, ident: str) -> Path:
+        return self.jobs_dir / ident
+
+    def run(self, run: PlaybookRun, cancel: threading.Event | None = None) -> PlaybookOutcome:
+        started = time.monotonic()
+        pdir = self.private_dir(run.ident)
+        if pdir.exists():
+            shutil.rmtree(pdir)  # a re-run after a crash starts clean
+        pdir.mkdir(parents=True, mode=0o700)
+        vars_file = pdir / "job-vars.json"
+        _write_private(vars_file, run.variables)
+        cmdline = f"-e @{vars_file}"
+        if run.operator_vars:
+            op_file = pdir / "operator-vars.json"
+            _write_private(op_file, run.operator_vars)
+            cmdline = f"-e @{op_file} " + cmdline
+
+        state = _RunState(started, run.timeout_s, run.idle_timeout_s, cancel)
+        ident = run.ident
+
+        def on_event(event: dict[str, Any]) -> bool:
+            state.last_event = time.monotonic()
+            scrubbed = self.redactor.scrub(event)
+            event.clear()
+            event.update(scrubbed)  # what ansible-runner writes to job_events is the scrubbed event
+            state.observe(event)
+            summary = _summarise(ident, event)
+            if summary:
+                self._enqueue(summary)
+            return True
+
+        env = {**self.extra_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               "ANSIBLE_CONFIG": str(self.project_dir / "ansible.cfg"), "PYTHONUNBUFFERED": "1"}
+        playbook = run.playbook if os.path.isabs(run.playbook) else str(self.project_dir / run.playbook)
+        kwargs: dict[str, Any] = dict(
+            private_data_dir=str(pdir), project_dir=str(self.project_dir), playbook=playbook, ident=ident,
+            cmdline=cmdline, envvars=env, suppress_env_files=True, quiet=True,
+            event_handler=on_event, cancel_callback=state.should_cancel,
+            settings={"suppress_ansible_output": True},
+        )
+        if run.inventory:
+            kwargs["inventory"] = run.inventory
+        self._enqueue({"job": ident, "event": "run_start", "playbook": run.playbook})
+        try:
+            r = ansible_runner.run(**kwargs)
+            status, rc = r.status, r.rc
+        except Exception as e:  # the runner itself blew up: report it, never lose the job
+            log.exception("job %s: ansible-runner raised", ident)
+            status, rc = "error", None
+            state.runner_error = f"{type(e).__name__}: {self.redactor.scrub_text(str(e))}"
+        finally:
+            for f in pdir.glob("*-vars.json"):
+                f.unlink(missing_ok=True)
+            self._scrub_artifacts(pdir)
+            self._rotate()
+        duration = time.monotonic() - started
+        if status == "canceled" and state.cancel_reason:
+            status = state.cancel_reason
+        outcome = PlaybookOutcome(status=status, rc=rc, result=state.result, duration_s=duration,
+                                  artifact_dir=pdir / "artifacts" / ident)
+        if not outcome.ok:
+            outcome.error = self.redactor.scrub_text(state.describe_failure(status, run))
+        self._enqueue({"job": ident, "event": "run_end", "status": outcome.status, "rc": rc,
+                       "duration_s": round(duration, 3)})
+        return outcome
+
+    # -- artifacts --------------------------------------------------------------------------------
+    def _scrub_artifacts(self, pdir: Path) -> None:
+        if not len(self.redactor):
+            return
+        for path in pdir.rglob("*"):
+            if not path.is_file():
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            clean = self.redactor.scrub_text(text)
+            if clean != text:
+                path.write_text(clean, encoding="utf-8")
+
+    def _rotate(self) -> None:
+        dirs = sorted((d for d in self.jobs_dir.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+        for d in dirs[: max(0, len(dirs) - self.keep_artifacts)]:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class _RunState:
+    """What the event stream tells about a run: the failure, the set_stats result, timeouts."""
+
+    def __init__(self, started: float, timeout_s: int, idle_s: int, cancel: threading.Event | None):
+        self.started = started
+        self.last_event = started
+        self.timeout_s = timeout_s
+        self.idle_s = idle_s
+        self.cancel = cancel
+        self.cancel_reason = ""
+        self.result: dict[str, Any] | None = None
+        self.failures: list[tuple[str, str, str]] = []  # (task, host, message)
+        self.last_task = ""
+        self.runner_error = ""
+
+    def should_cancel(self) -> bool:
+        now = time.monotonic()
+        if self.cancel is not None and self.cancel.is_set():
+            self.cancel_reason = "canceled"
+        elif now - self.started > self.timeout_s:
+            self.cancel_reason = "timeout"
+        elif now - self.last_event > self.idle_s:
+            self.cancel_reason = "idle"
+        return bool(self.cancel_reason)
+
+    def observe(self, event: dict[str, Any]) -> None:
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        if kind == "playbook_on_task_start":
+            self.last_task = data.get("task") or self.last_task
+        elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            res = data.get("res") or {}
+            msg = res.get("msg") or res.get("stderr") or res.get("reason") or "failed"
+            if res.get("censored"):
+                msg = "output hidden by no_log"
+            self.failures.append((data.get("task") or "?", data.get("host") or "?", str(msg).strip()))
+        elif kind == "playbook_on_stats":
+            artifact = data.get("artifact_data") or {}
+            if isinstance(artifact.get(RESULT_KEY), dict):
+                self.result = artifact[RESULT_KEY]
+
+    def describe_failure(self, status: str, run: PlaybookRun) -> str:
+        if status == "timeout":
+            return f"playbook {run.playbook} timed out after {run.timeout_s}s (last task: {self.last_task or '-'})"
+        if status == "idle":
+            return (f"playbook {run.playbook} produced no event for {run.idle_timeout_s}s "
+                    f"(last task: {self.last_task or '-'})")
+        if status == "canceled":
+            return f"playbook {run.playbook} was canceled by agent shutdown (last task: {self.last_task or '-'})"
+        if status == "error":
+            return f"playbook {run.playbook} could not run: {self.runner_error}"
+        if self.failures:
+            task, host, msg = self.failures[0]
+            first = msg.splitlines()[0][:500] if msg else "failed"
+            return f"task '{task}' failed on {host}: {first}"
+        return f"playbook {run.playbook} failed (status {status})"
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+
+
+_LOGGED_EVENTS = {
+    "playbook_on_play_start", "playbook_on_task_start", "runner_on_ok", "runner_on_failed",
+    "runner_on_unreachable", "runner_on_skipped", "playbook_on_stats",
+}
+
+
+def _summarise(ident: str, event: dict[str, Any]) -> dict[str, Any] | None:
+    kind = event.get("event")
+    if kind not in _LOGGED_EVENTS:
+        return None
+    data = event.get("event_data") or {}
+    out: dict[str, Any] = {"job": ident, "event": kind}
+    for key in ("play", "task", "host", "changed"):
+        if data.get(key) not in (None, ""):
+            out[key] = data[key]
+    if kind == "runner_on_failed":
+        res = data.get("res") or {}
+        out["msg"] = "output hidden by no_log" if res.get("censored") else str(res.get("msg", ""))[:500]
+    if kind == "playbook_on_stats":
+        out["changed"] = data.get("changed")
+        out["failures"] = data.get("failures")
+    return out
+
+

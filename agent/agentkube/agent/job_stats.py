@@ -1,0 +1,47 @@
+"""Job statistics kept by the agent loop: processed / failed / running, durations per action."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ActionStats:
+    count: int = 0
+    failed: int = 0
+    total_s: float = 0.0
+    max_s: float = 0.0
+
+
+@dataclass
+class JobStats:
+    processed: int = 0
+    failed: int = 0
+    running: int = 0
+    per_action: dict[str, ActionStats] = field(default_factory=lambda: defaultdict(ActionStats))
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def started(self) -> None:
+        with self._lock:
+            self.running += 1
+
+    def finished(self, action: str, ok: bool, duration_s: float) -> None:
+        with self._lock:
+            self.running -= 1
+            self.processed += 1
+            a = self.per_action[action]
+            a.count += 1
+            a.total_s += duration_s
+            a.max_s = max(a.max_s, duration_s)
+            if not ok:
+                self.failed += 1
+                a.failed += 1
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "processed": self.processed, "failed": self.failed, "running": self.running,
+                "actions": {k: vars(v).copy() for k, v in self.per_action.items()},
+            }

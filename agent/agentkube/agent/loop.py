@@ -1,0 +1,295 @@
+"""The agent loop: connects the Fulcrum client, the journal and the job runner through Job/JobResult.
+
+start: GET /agents/me (verifies the token), PUT status Connected, heartbeat thread, then recovery from the
+journal (report what was not reported, run again what was claimed but not finished). Then: poll, claim
+before anything else, run jobs of different service groups concurrently (bounded), journal each result
+before reporting it. SIGTERM: stop claiming, let running jobs finish within the grace period, then cancel
+them, report, PUT status Disconnected.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentkube.adapters.fulcrum_client import FulcrumClient, FulcrumError, FulcrumUnavailable, TokenRejected
+from agentkube.adapters.job_runner import JobRunner, PlaybookRun
+from agentkube.adapters.journal import Journal
+from agentkube.agent.heartbeat import Heartbeat
+from agentkube.agent.job_stats import JobStats
+from agentkube.core.job_vars import JobInputError, build_job_vars, substitute_vault, vault_refs
+from agentkube.core.jobs import Job, JobResult
+from agentkube.core.redaction import Redactor, secret_values_in
+from agentkube.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class JobCanceled(Exception):
+    """The agent's shutdown canceled the playbook: the job stays claimed in the journal and runs again at
+    the next start (playbooks are idempotent)."""
+
+
+@dataclass
+class LoopState:
+    started_at: float
+    last_loop: float
+    stopping: bool = False
+
+
+class Agent:
+    def __init__(self, settings: Settings, client: FulcrumClient | None = None, redactor: Redactor | None = None):
+        self.settings = settings
+        self.redactor = redactor or Redactor()
+        token = settings.fulcrum.token.get_secret_value() if settings.fulcrum.token else ""
+        self.redactor.add(token)
+        self._stop = threading.Event()       # stop claiming
+        self._cancel = threading.Event()     # cancel running playbooks (grace period over)
+        self._wake = threading.Event()       # a job finished: poll again now
+        self.client = client or FulcrumClient(
+            settings.fulcrum.url, token, verify=settings.fulcrum.verify, timeout_s=settings.fulcrum.timeout_s,
+            retry_attempts=settings.fulcrum.retry_attempts, retry_max_s=settings.fulcrum.retry_max_s,
+            stop_event=self._cancel,
+        )
+        state_dir = Path(settings.agent.state_dir).expanduser()
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.journal = Journal(state_dir / "journal.sqlite3")
+        self.runner = JobRunner(
+            settings.runner.project_dir, state_dir / "jobs", self.redactor,
+            keep_artifacts=settings.runner.keep_artifacts, extra_env=settings.runner.extra_env,
+        )
+        self.heartbeat = Heartbeat(self.client, settings.agent.heartbeat_interval_s, self._token_rejected)
+        self.stats = JobStats()
+        self.pool = ThreadPoolExecutor(settings.agent.max_concurrent_jobs, thread_name_prefix="job")
+        self._running: dict[str, Future[Any]] = {}    # service group -> future
+        self._running_lock = threading.Lock()
+        self._report_lock = threading.Lock()  # one reporter at a time: no result is sent twice
+        self._fatal: Exception | None = None
+        self.agent_info: dict[str, Any] = {}
+        now = time.monotonic()
+        self.state = LoopState(started_at=now, last_loop=now)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Warm shutdown: stop claiming; running jobs get the grace period."""
+        if not self._stop.is_set():
+            log.info("stopping: no new jobs are claimed; running jobs get %.0fs",
+                     self.settings.agent.shutdown_grace_s)
+        self._stop.set()
+        self._wake.set()
+
+    def request_cancel(self) -> None:
+        """Cold shutdown: cancel running playbooks now."""
+        self._stop.set()
+        self._cancel.set()
+        self._wake.set()
+
+    def _token_rejected(self, e: Exception) -> None:
+        self._fatal = e
+        self.request_cancel()
+
+    def connect(self) -> None:
+        self.agent_info = self.client.get_me()
+        log.info("connected to Fulcrum as agent %s (%s)", self.agent_info.get("name"), self.agent_info.get("id"))
+        self.client.set_status("Connected")
+        self.heartbeat.start()
+
+    def run(self, once: bool = False) -> int:
+        """Returns the process exit status: 0 when the agent worked (even if jobs failed)."""
+        try:
+            self.connect()
+            self.recover()
+            while not self._stop.is_set():
+                self.state.last_loop = time.monotonic()
+                self.flush_reports()
+                claimed = self.poll_once()
+                if once and not claimed and not self._busy() and not self.journal.unreported():
+                    break
+                self._wake.wait(self.settings.agent.poll_interval_s if not once else 0.2)
+                self._wake.clear()
+            self._drain()
+        except TokenRejected as e:
+            self._fatal = e
+        except FulcrumUnavailable as e:
+            if not self.agent_info:  # never connected
+                self._fatal = e
+            else:
+                log.error("Fulcrum unavailable: %s", e)
+                self._fatal = e
+        finally:
+            self.shutdown()
+        if isinstance(self._fatal, TokenRejected):
+            log.error("token rejected: %s. Check AGENTKUBE_FULCRUM__TOKEN / fulcrum.token.", self._fatal)
+            return 2
+        if self._fatal is not None:
+            log.error("agent stopped: %s", self._fatal)
+            return 3
+        return 0
+
+    def _drain(self) -> None:
+        """Wait for running jobs within the grace period, then cancel the rest; report what can be."""
+        deadline = time.monotonic() + self.settings.agent.shutdown_grace_s
+        while self._busy() and time.monotonic() < deadline and not self._cancel.is_set():
+            self._wake.wait(0.2)
+            self._wake.clear()
+        if self._busy():
+            log.warning("grace period over: canceling running jobs")
+            self._cancel.set()
+        self.pool.shutdown(wait=True)
+        if self._fatal is None:
+            self.flush_reports()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.heartbeat.stop()
+        if not isinstance(self._fatal, TokenRejected) and self.agent_info:
+            try:
+                self.client.set_status("Disconnected", attempts=2)
+            except FulcrumError as e:
+                log.warning("could not report Disconnected: %s", e)
+        self.runner.close()
+        self.journal.close()
+
+    # -- recovery and reporting -------------------------------------------------------------------
+    def recover(self) -> None:
+        for result in self.journal.unreported():
+            log.info("job %s: reporting the %s result kept from before a restart", result.job_id, result.outcome)
+        self.flush_reports()
+        for job in self.journal.unfinished():
+            log.info("job %s (%s): claimed before a restart but not finished; running it again",
+                     job.id, job.action)
+            self.journal.record_claim(job)
+            self._submit(job)
+
+    def flush_reports(self) -> None:
+        with self._report_lock:
+            self._flush_reports()
+
+    def _flush_reports(self) -> None:
+        for result in self.journal.unreported():
+            try:
+                self.client.report(result)
+            except TokenRejected:
+                raise
+            except FulcrumError as e:
+                log.warning("job %s: result not delivered yet (%s); kept in the journal", result.job_id, e)
+                return
+            self.journal.mark_reported(result.job_id)
+            log.info("job %s: reported %s", result.job_id, result.outcome)
+
+    # -- polling and dispatch ---------------------------------------------------------------------
+    def _busy(self) -> bool:
+        with self._running_lock:
+            return bool(self._running)
+
+    def poll_once(self) -> int:
+        free = self.settings.agent.max_concurrent_jobs - len(self._running)
+        if free <= 0 or self._stop.is_set():
+            return 0
+        try:
+            jobs = self.client.pending_jobs(limit=max(free * 2, 10))
+        except FulcrumUnavailable as e:
+            log.warning("polling failed: %s", e)
+            return 0
+        claimed = 0
+        for job in jobs:
+            if self._stop.is_set() or claimed >= free:
+                break
+            with self._running_lock:
+                if job.service.group_id in self._running:
+                    continue  # Core serialises a group; never run two of its jobs here either
+            if not self.client.claim(job.id):
+                log.info("job %s: claim refused (someone else has it); skipped", job.id)
+                continue
+            self.journal.record_claim(job)
+            claimed += 1
+            self._submit(job)
+        return claimed
+
+    def _submit(self, job: Job) -> None:
+        with self._running_lock:
+            self.stats.started()
+            self._running[job.service.group_id or job.id] = self.pool.submit(self._process, job)
+
+    def _process(self, job: Job) -> None:
+        started = time.monotonic()
+        try:
+            result = self.execute(job)
+        except JobCanceled:
+            log.warning("job %s (%s) canceled by shutdown; it runs again at the next start", job.id, job.action)
+            with self._running_lock:
+                self._running.pop(job.service.group_id or job.id, None)
+            self.stats.finished(job.action, False, time.monotonic() - started)
+            self._wake.set()
+            return
+        except Exception as e:  # never lose a claimed job: whatever happens, it gets a result
+            log.exception("job %s: unexpected error", job.id)
+            result = JobResult.failed(job, f"agent error while running action '{job.action}': "
+                                           f"{type(e).__name__}: {self.redactor.scrub_text(str(e))}")
+        duration = time.monotonic() - started
+        result = JobResult(**{**result.to_record(), "duration_s": duration, "action": job.action})
+        self.journal.record_result(result)
+        self.stats.finished(job.action, result.outcome == "completed", duration)
+        log.info("job %s (%s) %s in %.1fs%s", job.id, job.action, result.outcome, duration,
+                 f": {result.error_message}" if result.error_message else "")
+        with self._running_lock:
+            self._running.pop(job.service.group_id or job.id, None)
+        try:
+            self.flush_reports()
+        except TokenRejected as e:
+            self._token_rejected(e)
+        self._wake.set()
+
+    # -- one job ----------------------------------------------------------------------------------
+    def execute(self, job: Job) -> JobResult:
+        playbook = self.settings.runner.action_map().get(job.action)
+        if playbook is None:
+            return JobResult.failed(job, f"unsupported action '{job.action}'")
+        try:
+            variables = build_job_vars(job, self.settings.tenancy.window())
+        except JobInputError as e:
+            return JobResult.failed(job, f"invalid input for action '{job.action}': {e}")
+        operator_vars = dict(self.agent_info.get("configuration") or {})
+        try:
+            variables, operator_vars = self._resolve_secrets(variables, operator_vars)
+        except FulcrumError as e:
+            if isinstance(e, TokenRejected):
+                raise
+            return JobResult.failed(job, f"could not resolve a vault secret for action '{job.action}': {e}")
+        run = PlaybookRun(
+            ident=job.id, playbook=playbook, variables=variables, operator_vars=operator_vars,
+            inventory=str(self.settings.runner.inventory) if self.settings.runner.inventory else None,
+            timeout_s=self.settings.runner.timeout_for(job.action),
+            idle_timeout_s=self.settings.runner.idle_timeout_s,
+        )
+        outcome = self.runner.run(run, cancel=self._cancel)
+        if outcome.status == "canceled":
+            raise JobCanceled(job.id)
+        if not outcome.ok:
+            return JobResult.failed(job, f"action '{job.action}' failed: {outcome.error}", outcome.duration_s)
+        result = outcome.result or {}
+        self.redactor.add(*secret_values_in(result))
+        return JobResult(
+            job_id=job.id, outcome="completed", action=job.action, duration_s=outcome.duration_s,
+            agent_instance_id=result.get("agentInstanceId") or job.service.agent_instance_id,
+            agent_instance_data=result.get("agentInstanceData"),
+            properties=result.get("properties") or None,
+        )
+
+    def _resolve_secrets(self, *docs: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+        """Resolve vault:// refs just before use; every secret value joins the redactor."""
+        refs: set[str] = set()
+        for d in docs:
+            refs |= vault_refs(d)
+        resolved = {ref: self.client.resolve_secret(ref) for ref in sorted(refs)}
+        self.redactor.add(*resolved.values())
+        out = tuple(substitute_vault(d, resolved) for d in docs)
+        for d in out:
+            self.redactor.add(*secret_values_in(d))
+        return out

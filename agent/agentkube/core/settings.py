@@ -1,0 +1,172 @@
+"""Agent configuration: an optional YAML file plus environment variables prefixed AGENTKUBE_
+(nested with '__', e.g. AGENTKUBE_FULCRUM__URL, AGENTKUBE_FULCRUM__TOKEN). Environment wins over the file.
+
+Secrets are SecretStr and may come from a file (`token_file`), or be `vault://<ref>` strings that the agent
+resolves through Fulcrum just before use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_ACTIONS = {a: f"playbooks/{a}.yml" for a in ("create", "start", "stop", "update", "delete")}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FulcrumSettings(_Section):
+    url: str = Field(description="Fulcrum Core API base, e.g. https://fulcrum.example/api/v1")
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    timeout_s: float = Field(30.0, gt=0)
+    retry_max_s: float = Field(60.0, gt=0, description="cap of one backoff sleep")
+    retry_attempts: int = Field(8, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _token(self) -> FulcrumSettings:
+        if self.token is None and self.token_file is not None:
+            try:
+                self.token = SecretStr(self.token_file.read_text().strip())
+            except OSError as e:
+                raise ValueError(f"token_file {self.token_file}: {e.strerror}") from e
+        if self.token is None or not self.token.get_secret_value():
+            raise ValueError("token (or token_file) is required")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise ValueError(f"ca_file {self.ca_file} does not exist")
+        return self
+
+    @property
+    def verify(self) -> bool | str:
+        if not self.verify_tls:
+            return False
+        return str(self.ca_file) if self.ca_file else True
+
+
+class AgentLoopSettings(_Section):
+    heartbeat_interval_s: float = Field(15.0, gt=0)
+    poll_interval_s: float = Field(5.0, gt=0)
+    max_concurrent_jobs: int = Field(4, ge=1, le=64)
+    shutdown_grace_s: float = Field(120.0, ge=0)
+    state_dir: Path = Field(default_factory=lambda: Path(os.environ.get("XDG_STATE_HOME", "~/.local/state"))
+                            .expanduser() / "agentkube")
+
+
+class RunnerSettings(_Section):
+    project_dir: Path = REPO_ROOT
+    inventory: Path | None = None
+    actions: dict[str, str] = Field(default_factory=dict, description="extra or overriding action -> playbook")
+    timeout_s: dict[str, int] = Field(default_factory=dict, description="per-action job timeout")
+    default_timeout_s: int = Field(3600, gt=0)
+    idle_timeout_s: int = Field(900, gt=0, description="fail a job whose playbook emits no event this long")
+    keep_artifacts: int = Field(20, ge=1, description="job directories kept (rotation)")
+    extra_env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("actions")
+    @classmethod
+    def _actions(cls, v: dict[str, str]) -> dict[str, str]:
+        for action, playbook in v.items():
+            if not action or not playbook.endswith((".yml", ".yaml")):
+                raise ValueError(f"action {action!r}: playbook {playbook!r} must be a .yml file")
+        return v
+
+    def action_map(self) -> dict[str, str]:
+        return {**DEFAULT_ACTIONS, **self.actions}
+
+    def timeout_for(self, action: str) -> int:
+        return self.timeout_s.get(action, self.default_timeout_s)
+
+
+class TenancySettings(_Section):
+    """Operator rules the agent checks before a job touches anything (the playbooks check them again)."""
+
+    min_version: str = "v1.33"
+    max_version: str = "v1.36"
+    namespace: str = "kamaji-tenants"
+
+    @field_validator("min_version", "max_version")
+    @classmethod
+    def _minor(cls, v: str) -> str:
+        parts = v.removeprefix("v").split(".")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"{v!r} must be of the form vMAJOR.MINOR (e.g. v1.33)")
+        return v
+
+    def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        def t(v: str) -> tuple[int, int]:
+            a, b = v.removeprefix("v").split(".")
+            return int(a), int(b)
+        return t(self.min_version), t(self.max_version)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTKUBE_", env_nested_delimiter="__", extra="forbid")
+
+    fulcrum: FulcrumSettings
+    agent: AgentLoopSettings = Field(default_factory=AgentLoopSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    tenancy: TenancySettings = Field(default_factory=TenancySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # environment > file (passed as init kwargs by load_settings)
+        return (env_settings, init_settings)
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names each bad setting."""
+
+
+def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"config file {config_file}: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {config_file}: must be a YAML mapping")
+        data = loaded
+    if overrides:
+        data = {**data, **overrides}
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            path = ".".join(str(p) for p in err["loc"])
+            env = "AGENTKUBE_" + "__".join(str(p).upper() for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting"
+            lines.append(f"setting {path or '(root)'} ({env}): {msg}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def scrub_secret_env() -> None:
+    """Drop secret-bearing AGENTKUBE_ variables from this process's environment once the settings are
+    loaded, so child processes (ansible-runner, ssh) never inherit them."""
+    for key in list(os.environ):
+        if key.startswith("AGENTKUBE_") and any(w in key for w in ("TOKEN", "SECRET", "PASSWORD", "KEY")):
+            del os.environ[key]
