@@ -68,7 +68,6 @@ class FulcrumClient:
             s = requests.Session()
             s.headers["Authorization"] = f"Bearer {self._token}"
             s.headers["User-Agent"] = "agentkube"
-            s.verify = self.verify
             self._local.session = s
         return s
 
@@ -85,7 +84,11 @@ class FulcrumClient:
         attempts = attempts or (self.retry_attempts if retry else 1)
         for attempt in range(attempts):
             try:
-                resp = self._session().request(method, url, json=json, params=params, timeout=self.timeout_s)
+                # verify per request: a Session's own `verify` loses to REQUESTS_CA_BUNDLE in requests
+                resp = self._session().request(method, url, json=json, params=params, timeout=self.timeout_s,
+                                               verify=self.verify)
+            except requests.exceptions.SSLError as e:
+                raise FulcrumError(f"TLS verification of {self.base_url} failed: {e}") from e
             except requests.RequestException as e:
                 last_error = f"{type(e).__name__}: {e}"
                 resp = None

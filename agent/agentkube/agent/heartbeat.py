@@ -28,7 +28,8 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.interval_s + 5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval_s + 5)
 
     def age_s(self) -> float | None:
         return None if self.last_ok is None else time.monotonic() - self.last_ok

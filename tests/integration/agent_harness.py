@@ -1,0 +1,84 @@
+"""Shared setup for the agent's integration tests: a lab (Fulcrum emulator with the shipped catalog) and
+agent settings that point at it, with the trivial test playbooks of tests/playbooks."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agentkube.agent.loop import Agent
+from agentkube.core.settings import Settings, load_settings
+from agentkube.lab.fulcrum_catalog import load_shipped
+from agentkube.lab.lab import Lab
+
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOKS = REPO / "tests" / "playbooks"
+SPEC = {"kubernetesVersion": "v1.35.7", "nodePools": [{"name": "default", "count": 1}]}
+
+
+def settings_for(lab: Lab, **sections: dict[str, Any]) -> Settings:
+    cfg = lab.agent_config()
+    cfg["agent"].update({"heartbeat_interval_s": 0.5, "poll_interval_s": 0.2, "shutdown_grace_s": 30})
+    cfg["fulcrum"].update({"retry_attempts": 3, "retry_max_s": 0.2, "timeout_s": 5})
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    return load_settings(overrides=cfg)
+
+
+def service_type_with(extra_actions: list[str]) -> dict:
+    """The shipped ServiceType plus custom actions (Started/Stopped -> same state), for custom-action tests."""
+    st = copy.deepcopy(load_shipped("service-type"))
+    st["name"] = "kubernetes-cluster-" + "-".join(extra_actions)
+    for action in extra_actions:
+        st["lifecycleSchema"]["actions"].append({"name": action, "transitions": [
+            {"from": s, "to": s} for s in ("New", "Stopped", "Started")] + [
+            {"from": s, "to": s, "onError": True} for s in ("New", "Stopped", "Started")]})
+    return st
+
+
+def new_service(lab: Lab, name: str = "Cluster One", group: int = 0, spec: dict | None = None,
+                service_type_id: str | None = None) -> dict:
+    assert lab.catalog is not None
+    return lab.fulcrum.create_service(name, service_type_id or lab.catalog.service_type_id,
+                                      lab.catalog.group_ids[group], lab.catalog.agent_id, spec or SPEC)
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def job_done(lab: Lab, job_id: str) -> bool:
+    return lab.fulcrum.get_job(job_id)["status"] in ("Completed", "Failed")
+
+
+class AgentThread:
+    """Runs an in-process agent (run loop on a thread) and stops it cleanly."""
+
+    def __init__(self, settings: Settings):
+        self.agent = Agent(settings)
+        self.exit_code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.exit_code = self.agent.run()
+
+    def __enter__(self) -> AgentThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.agent.request_stop()
+        self.thread.join(timeout=60)
+
+
+AGENTKUBE = [sys.executable, "-m", "agentkube.cli"]
