@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agentkube.core.tcp_manifest import TEMPLATE_FILTERS, TcpSettings, deep_merge, parse_minor
+from agentkube.core.tcp_status import describe, reached, version_status
 from agentkube.core.tcp_upgrade import UpgradeRefused, plan_upgrade
 from agentkube.core.tenant_spec import SpecError, validate_tenant_spec
 
@@ -92,4 +93,7 @@ class FilterModule:
             "agentkube_tcp_settings_errors": tcp_settings_errors,
             "agentkube_tcp_upgrade_plan": tcp_upgrade_plan,
             "agentkube_deep_merge": agentkube_deep_merge,
+            "agentkube_tcp_status": lambda tcp: version_status(_plain(tcp)),
+            "agentkube_tcp_reached": lambda tcp, wanted: reached(_plain(tcp), str(wanted)),
+            "agentkube_tcp_describe": lambda tcp: describe(_plain(tcp)),
         }

@@ -223,6 +223,4 @@ def render_tcp(
         **settings.template_vars(),
     }
     manifest = render_template(settings.template_path, variables)
-    if settings.extra_spec:
-        manifest["spec"] = deep_merge(manifest.get("spec") or {}, settings.extra_spec)
-    return manifest
+    return deep_merge(manifest, {"spec": settings.extra_spec})
