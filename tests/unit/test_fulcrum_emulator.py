@@ -35,6 +35,13 @@ SERVICE_TYPE = {
             },
             "adminPassword": {"type": "string", "secret": {"type": "ephemeral"}},
             "apiKey": {"type": "string", "secret": {"type": "persistent"}},
+            "network": {
+                "type": "object",
+                "properties": {
+                    "podCidr": {"type": "string", "default": "10.244.0.0/16"},
+                    "mtu": {"type": "integer", "default": 1450},
+                },
+            },
         }
     },
     "lifecycleSchema": {
@@ -385,6 +392,18 @@ def test_update_carries_merged_properties_applied_on_completion(world):
     assert job["action"] == "update" and job["params"]["nodes"] == 3 and job["params"]["version"] == "1.30"
     world.run(job)
     assert world.emu.get_service(svc["id"])["properties"]["nodes"] == 3
+
+
+def test_nested_properties_get_defaults_and_merge_deeply(world):
+    svc = world.service(network={"mtu": 9000})
+    assert svc["properties"]["network"] == {"mtu": 9000, "podCidr": "10.244.0.0/16"}
+    world.run(world.pending()[0])
+    world.emu.request_action(svc["id"], "update", {"network": {"podCidr": "10.0.0.0/16"}})
+    job = world.pending()[0]
+    assert job["params"]["network"] == {"mtu": 9000, "podCidr": "10.0.0.0/16"}
+    world.run(job)
+    r = world.admin.call("PATCH", f"/services/{svc['id']}", json={"properties": {"network": {"mtu": "big"}}})
+    assert r.status_code == 400 and r.json()["errors"][0]["path"] == "network.mtu"
 
 
 def test_update_validates_properties_and_their_state_authorizer(world):

@@ -125,6 +125,27 @@ def _check_value(path: str, definition: dict, value: Any, errors: list[tuple[str
             _check_value(f"{path}[{index}]", definition["items"], item, errors)
 
 
+def _with_defaults(definition: dict, value: Any) -> Any:
+    """Nested object properties get their defaults filled, as at the top level."""
+    nested = definition.get("properties")
+    if definition.get("type") != "object" or not isinstance(nested, dict) or not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for key, sub in nested.items():
+        if key in out:
+            out[key] = _with_defaults(sub, out[key])
+        elif "default" in sub:
+            out[key] = sub["default"]
+    return out
+
+
+def deep_merge(old: Any, new: Any) -> Any:
+    """PATCH semantics for properties: objects merge key by key, anything else is replaced."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {**old, **{k: deep_merge(old.get(k), v) for k, v in new.items()}}
+    return new
+
+
 def _authorizers(definition: dict, kind: str) -> list[dict]:
     return [a for a in definition.get("authorizers") or [] if a.get("type") == kind]
 
@@ -174,8 +195,9 @@ def validate_create(schema: dict | None, props: dict, vault_put: VaultPut, actor
             if not actor_allowed(definition, actor):
                 errors.append((name, f"property cannot be set by {actor}"))
                 continue
-            _check_value(name, definition, props[name], errors)
-            result[name] = props[name]
+            value = _with_defaults(definition, props[name])
+            _check_value(name, definition, value, errors)
+            result[name] = value
         elif "default" in definition:
             result[name] = definition["default"]
         elif definition.get("required") and not definition.get("generator"):
@@ -200,7 +222,9 @@ def validate_update(
         raise PropertyValidationError([("properties", "must be an object")])
     definitions = _definitions(schema)
     errors: list[tuple[str, str]] = []
+    merged: dict[str, Any] = {}
     for name, value in updates.items():
+        value = merged[name] = deep_merge(old.get(name), value)
         definition = definitions.get(name)
         if definition is None:
             if definitions:
@@ -220,7 +244,7 @@ def validate_update(
         _check_value(name, definition, value, errors)
     if errors:
         raise PropertyValidationError(errors)
-    return _store_secrets(definitions, dict(updates), vault_put)
+    return _store_secrets(definitions, merged, vault_put)
 
 
 def secret_refs(props: dict | None) -> list[str]:
