@@ -1,0 +1,328 @@
+"""One tenant cluster's API server, as Kamaji runs it for a TenantControlPlane: its own CA and TLS
+certificate, its own object store seeded with what `kubeadm join` and the agent's metrics read
+(kube-public/cluster-info signed for bootstrap tokens, kube-system/kubeadm-config and kubelet-config,
+the default namespaces and service accounts), admin tokens, bootstrap-token authentication, and helpers
+to emulate what kubelets would register (Nodes, Pods): the narrow seam where no real kubelet runs."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import threading
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from agentkube.lab.certs import LabCA
+from agentkube.lab.kube_http import KubeApiServer
+from agentkube.lab.kube_kubeconfig import kubeconfig_yaml
+from agentkube.lab.kube_patch import PatchError, json_patch
+from agentkube.lab.kube_resources import CORE_TYPES, ResourceCatalog, ResourceType
+from agentkube.lab.kube_store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_TOKEN_TYPE = "bootstrap.kubernetes.io/token"  # noqa: S105 - a Secret type, not a secret
+CLUSTER_INFO = ("kube-public", "cluster-info")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def detached_jws(content: str, token_id: str, token_secret: str) -> str:
+    """The detached JWS (HS256, kid=token id) the bootstrap signer puts in cluster-info as
+    `jws-kubeconfig-<id>`, which `kubeadm join` checks against its token."""
+    header = _b64url(json.dumps({"alg": "HS256", "kid": token_id}, separators=(",", ":")).encode())
+    signing_input = f"{header}.{_b64url(content.encode())}".encode()
+    signature = hmac.new(token_secret.encode(), signing_input, hashlib.sha256).digest()
+    return f"{header}..{_b64url(signature)}"
+
+
+def _decode_secret_field(secret: dict, key: str) -> str | None:
+    if key in (secret.get("stringData") or {}):
+        return secret["stringData"][key]
+    raw = (secret.get("data") or {}).get(key)
+    if raw is None:
+        return None
+    try:
+        return base64.b64decode(raw).decode()
+    except ValueError:
+        return None
+
+
+class TenantApi:
+    """A tenant API server. `store` is its data (it outlives sleep: the server stops, the data stays)."""
+
+    def __init__(self, state_dir: Path, namespace: str, name: str, version: str, *, host: str = "127.0.0.1",
+                 cluster_domain: str = "cluster.local", pod_cidr: str = "10.244.0.0/16",
+                 service_cidr: str = "10.96.0.0/16", dns_service_ips: tuple[str, ...] = ("10.96.0.10",),
+                 kubelet: dict | None = None):
+        self.namespace, self.name, self.version, self.host = namespace, name, version, host
+        self.cluster_name = name
+        self._ca = LabCA(Path(state_dir), name=f"{namespace}/{name} tenant CA")
+        self.ca_pem = self._ca.ca_pem
+        self._cert = self._ca.issue("apiserver", hosts=(host, "localhost"))
+        self._admin_token = secrets.token_urlsafe(32)
+        self._super_admin_token = secrets.token_urlsafe(32)
+        self.store = ObjectStore(ResourceCatalog(CORE_TYPES))
+        self.store.listeners.append(self._on_change)
+        self.server: KubeApiServer | None = None
+        self.port = 0
+        self._lock = threading.Lock()
+        self._network = {"cluster_domain": cluster_domain, "pod_cidr": pod_cidr, "service_cidr": service_cidr,
+                         "dns_service_ips": list(dns_service_ips)}
+        self._kubelet = copy.deepcopy(kubelet or {})
+        self._seed_static()
+
+    # ---------------------------------------------------------------- lifecycle
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.server is not None
+
+    def start(self) -> None:
+        """Serve (again) on the same port when possible, so kubeconfigs handed out stay valid."""
+        with self._lock:
+            if self.server is not None:
+                return
+            try:
+                server = self._make_server(self.port)
+            except OSError:
+                log.warning("tenant %s/%s: port %s taken, moving to a new port", self.namespace, self.name,
+                            self.port)
+                server = self._make_server(0)
+            server.start()
+            self.server, self.port = server, server.port
+        self._seed_endpoint()
+
+    def _make_server(self, port: int) -> KubeApiServer:
+        return KubeApiServer(
+            self.store, self._cert.cert_file, self._cert.key_file, host=self.host, port=port,
+            authenticate=self.authenticate, git_version=self.version,
+            anonymous=(("GET", "/api/v1/namespaces/kube-public/configmaps/cluster-info"),),
+            name=f"tenant-{self.namespace}-{self.name}",
+        )
+
+    def stop(self) -> None:
+        with self._lock:
+            server, self.server = self.server, None
+        if server is not None:
+            server.stop()
+
+    # ---------------------------------------------------------------- credentials
+    def authenticate(self, token: str) -> bool:
+        if hmac.compare_digest(token, self._admin_token) or hmac.compare_digest(token, self._super_admin_token):
+            return True
+        return self._bootstrap_token_valid(token)
+
+    def _bootstrap_token_valid(self, token: str) -> bool:
+        token_id, _, token_secret = token.partition(".")
+        if not token_id or not token_secret:
+            return False
+        secret = self.store.find(self._type("Secret"), "kube-system", f"bootstrap-token-{token_id}")
+        if secret is None or secret.get("type") != BOOTSTRAP_TOKEN_TYPE:
+            return False
+        if _decode_secret_field(secret, "usage-bootstrap-authentication") != "true":
+            return False
+        expected = _decode_secret_field(secret, "token-secret") or ""
+        expiration = _decode_secret_field(secret, "expiration")
+        if expiration:
+            try:
+                if dt.datetime.fromisoformat(expiration.replace("Z", "+00:00")) < dt.datetime.now(dt.UTC):
+                    return False
+            except ValueError:
+                return False
+        return hmac.compare_digest(expected, token_secret)
+
+    def _kubeconfig(self, user: str, token: str) -> str:
+        return kubeconfig_yaml(self.url, self.ca_pem, user, token, self.cluster_name)
+
+    @property
+    def kubeconfig(self) -> str:
+        """admin.conf: the public endpoint, the tenant CA, the admin credential."""
+        return self._kubeconfig("kubernetes-admin", self._admin_token)
+
+    @property
+    def super_admin_kubeconfig(self) -> str:
+        return self._kubeconfig("kubernetes-super-admin", self._super_admin_token)
+
+    @property
+    def ca_cert_hash(self) -> str:
+        """`sha256:<hex>` of the CA's public key, as `kubeadm join --discovery-token-ca-cert-hash` wants."""
+        cert = x509.load_pem_x509_certificate(self.ca_pem)
+        spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+        return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+    # ---------------------------------------------------------------- seeded content
+    def _type(self, kind: str) -> ResourceType:
+        return self.store.resolve("v1", kind)
+
+    def _seed_static(self) -> None:
+        for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
+            self.store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+            self.store.put({"apiVersion": "v1", "kind": "ServiceAccount",
+                            "metadata": {"name": "default", "namespace": ns}})
+        self._put_kubelet_config()
+
+    def _seed_endpoint(self) -> None:
+        self._put_cluster_info()
+        self._put_kubeadm_config()
+
+    def _cluster_info_kubeconfig(self) -> str:
+        return yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "", "cluster": {
+                "certificate-authority-data": base64.b64encode(self.ca_pem).decode(), "server": self.url}}],
+            "contexts": None, "current-context": "", "preferences": {}, "users": None,
+        }, sort_keys=False)
+
+    def _put_cluster_info(self) -> None:
+        content = self._cluster_info_kubeconfig()
+        data = {"kubeconfig": content}
+        secrets_type = self._type("Secret")
+        for secret in self.store.list(secrets_type, "kube-system")[0]:
+            signed = self._bootstrap_signature(secret, content)
+            if signed:
+                data[signed[0]] = signed[1]
+        self.store.put({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": CLUSTER_INFO[1], "namespace": CLUSTER_INFO[0]}, "data": data})
+
+    @staticmethod
+    def _bootstrap_signature(secret: dict, content: str) -> tuple[str, str] | None:
+        if secret.get("type") != BOOTSTRAP_TOKEN_TYPE:
+            return None
+        if _decode_secret_field(secret, "usage-bootstrap-signing") != "true":
+            return None
+        token_id = _decode_secret_field(secret, "token-id")
+        token_secret = _decode_secret_field(secret, "token-secret")
+        if not token_id or not token_secret:
+            return None
+        return f"jws-kubeconfig-{token_id}", detached_jws(content, token_id, token_secret)
+
+    def _on_change(self, event: str, rtype: ResourceType, obj: dict) -> None:
+        """The bootstrap signer: keeps cluster-info's jws-kubeconfig-<id> keys in step with the tokens.
+        Runs on the writer's thread with the store lock held (re-entrant)."""
+        if rtype.kind != "Secret" or obj.get("metadata", {}).get("namespace") != "kube-system":
+            return
+        if obj.get("type") != BOOTSTRAP_TOKEN_TYPE or not self.running:
+            return
+        self._put_cluster_info()
+
+    def _put_kubeadm_config(self) -> None:
+        net = self._network
+        cluster_configuration = {
+            "apiVersion": "kubeadm.k8s.io/v1beta4", "kind": "ClusterConfiguration",
+            "clusterName": self.cluster_name, "kubernetesVersion": self.version,
+            "controlPlaneEndpoint": self.endpoint, "certificatesDir": "/etc/kubernetes/pki",
+            "networking": {"dnsDomain": net["cluster_domain"], "podSubnet": net["pod_cidr"],
+                           "serviceSubnet": net["service_cidr"]},
+        }
+        self.store.put({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+                        "data": {"ClusterConfiguration": yaml.safe_dump(cluster_configuration, sort_keys=False)}})
+
+    def _put_kubelet_config(self) -> None:
+        net = self._network
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+            "cgroupDriver": "systemd", "clusterDNS": net["dns_service_ips"],
+            "clusterDomain": net["cluster_domain"],
+            "authentication": {"x509": {"clientCAFile": "/etc/kubernetes/pki/ca.crt"},
+                               "webhook": {"enabled": True}, "anonymous": {"enabled": False}},
+            "authorization": {"mode": "Webhook"}, "rotateCertificates": True,
+            "staticPodPath": "/etc/kubernetes/manifests",
+        }
+        if self._kubelet.get("cgroupfs"):
+            config["cgroupDriver"] = self._kubelet["cgroupfs"]
+        patches = self._kubelet.get("configurationJSONPatches") or []
+        if patches:
+            try:
+                config = json_patch(config, patches)
+            except PatchError as e:
+                log.warning("tenant %s/%s: kubelet configurationJSONPatches not applied: %s",
+                            self.namespace, self.name, e)
+        self.store.put({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "kubelet-config", "namespace": "kube-system"},
+                        "data": {"kubelet": yaml.safe_dump(config, sort_keys=False)}})
+
+    def reconfigure(self, version: str, kubelet: dict | None = None) -> None:
+        """What Kamaji does on a spec change: the new version served, kubeadm/kubelet config rewritten."""
+        self.version = version
+        self._kubelet = copy.deepcopy(kubelet or {})
+        if self.server is not None:
+            self.server.git_version = version
+            self._put_kubeadm_config()
+        self._put_kubelet_config()
+
+    # ---------------------------------------------------------------- what kubelets would do
+    def add_node(self, name: str, *, ready: bool = True, kubelet_version: str | None = None,
+                 internal_ip: str = "10.0.0.10", labels: dict[str, str] | None = None) -> dict:
+        """Register a Node as a joining kubelet would (the emulated seam: no kubelet runs here)."""
+        node = {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                                  **(labels or {})}},
+            "spec": {},
+            "status": {
+                "conditions": _node_conditions(ready),
+                "addresses": [{"type": "InternalIP", "address": internal_ip}, {"type": "Hostname", "address": name}],
+                "nodeInfo": {"kubeletVersion": kubelet_version or self.version, "containerRuntimeVersion":
+                             "containerd://2.0.0", "osImage": "Debian GNU/Linux 12 (bookworm)",
+                             "architecture": "amd64", "operatingSystem": "linux"},
+                "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+                "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+            },
+        }
+        return self.store.put(node)
+
+    def set_node_ready(self, name: str, ready: bool) -> dict:
+        node = self.store.get(self._type("Node"), None, name)
+        node.setdefault("status", {})["conditions"] = _node_conditions(ready)
+        return self.store.put(node)
+
+    def add_pod(self, name: str, namespace: str = "default", *, node_name: str = "",
+                owner_kind: str | None = None, phase: str = "Running") -> dict:
+        """A pod bound to `node_name` (DaemonSet-owned when owner_kind="DaemonSet", as drain must skip)."""
+        meta: dict = {"name": name, "namespace": namespace}
+        if owner_kind:
+            meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner_kind, "name": f"{name}-owner",
+                                        "uid": secrets.token_hex(8), "controller": True}]
+        return self.store.put({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                               "spec": {"nodeName": node_name, "containers": [{"name": "main", "image": "pause"}]},
+                               "status": {"phase": phase}})
+
+
+def _node_conditions(ready: bool) -> list[dict]:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    conditions = [
+        {"type": t, "status": "False", "reason": f"KubeletHas{r}", "message": m,
+         "lastHeartbeatTime": now, "lastTransitionTime": now}
+        for t, r, m in (("MemoryPressure", "SufficientMemory", "kubelet has sufficient memory available"),
+                        ("DiskPressure", "NoDiskPressure", "kubelet has no disk pressure"),
+                        ("PIDPressure", "SufficientPID", "kubelet has sufficient PID available"))
+    ]
+    conditions.append({
+        "type": "Ready", "status": "True" if ready else "False",
+        "reason": "KubeletReady" if ready else "KubeletNotReady",
+        "message": "kubelet is posting ready status" if ready else
+                   "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady",
+        "lastHeartbeatTime": now, "lastTransitionTime": now,
+    })
+    return conditions
