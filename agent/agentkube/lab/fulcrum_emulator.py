@@ -8,7 +8,17 @@ helpers, fault injection and a request log.
     emu.stop()
 
 The rules live in fulcrum_state (data), fulcrum_lifecycle (state machine) and fulcrum_properties
-(property schema); the wire in fulcrum_http; faults in fulcrum_faults."""
+(property schema); the wire in fulcrum_http; faults in fulcrum_faults.
+
+Fidelity notes (Core's Go handlers, fulcrumproject/core, as read for this emulator):
+- failing a job whose action has no matching error transition from the service's state answers 400 and
+  leaves the job Processing (Core rolls the transaction back);
+- an `update` job's completion sets the service properties to the job params, after the agent's own
+  property updates (so those are lost on update, as in Core);
+- the job timeout fails the job only; the service keeps its state;
+- jobs without params carry no `params` key (Go's omitempty), never `"params": null`;
+- only agent tokens are issued (default lifetime 24 h, like Core); serviceOption validators and pool
+  generators are accepted unchecked; agent configuration is not validated against its schema."""
 
 from __future__ import annotations
 
