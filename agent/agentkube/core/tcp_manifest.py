@@ -71,9 +71,26 @@ def to_json(value: Any, *args: Any, **kwargs: Any) -> str:
     return json.dumps(value, *args, **kwargs)
 
 
+# What PyYAML refuses, or reads as a line break, inside a double-quoted scalar: escaped as \uXXXX.
+_YAML_UNSAFE = re.compile(
+    "[^\x09\x0a\x0d\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+)
+
+
+def yaml_quote(value: Any) -> str:
+    """A value as a JSON document that YAML reads back unchanged (any Unicode, any string content).
+
+    Unlike `to_json` (ASCII escapes: astral characters become surrogate pairs that PyYAML does not rejoin),
+    it keeps printable Unicode as is and escapes only what YAML cannot carry literally.
+    """
+    text = json.dumps(value, ensure_ascii=False)
+    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 # Filters the template may use besides jinja2's builtins; the role's filter plugin exports the same functions.
 TEMPLATE_FILTERS = {
     "to_json": to_json,
+    "agentkube_quote": yaml_quote,
     "agentkube_datastore_schema": datastore_schema,
     "agentkube_tenant_name": tenant_name,
 }
