@@ -6,8 +6,9 @@ A real kubeadm/kubelet cannot run on the lab machines, so this script stands in 
   `caCertHashes`: sha256 of the CA's DER SubjectPublicKeyInfo), then, over TLS verified with that CA and
   authenticated with the bootstrap token as a bearer token, registers the Node (name, node-labels, taints) and
   writes /etc/kubernetes/kubelet.conf, /etc/kubernetes/pki/ca.crt and /var/lib/kubelet/config.yaml.
-  It does not do the TLS bootstrap (CSR) nor the JWS check of cluster-info; kubelet.conf therefore names
-  client-certificate paths that hold no certificate.
+  Like kubeadm it also checks cluster-info's `jws-kubeconfig-<token id>` signature (HS256 with the token
+  secret). It does not do the TLS bootstrap (CSR): kubelet.conf names client-certificate paths that hold no
+  certificate.
 - `kubeadm config validate --config FILE`, `kubeadm version -o short`, `kubeadm reset -f` (local files only,
   as the real one), `kubeadm upgrade node` (checks the node has joined and rewrites the kubelet config).
 Nothing else is emulated. `install_into_rootfs` also places lab stand-ins for `kubelet` and `kubectl` that
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -212,6 +214,7 @@ def discover(endpoint: str, token: str, pins: list[str]) -> tuple[str, bytes]:
         raise KubeadmError(f"[discovery] failed to request cluster-info from {endpoint}: {exc}") from exc
     if status != 200:
         raise KubeadmError(f"[discovery] cluster-info: HTTP {status} {cm.get('message', '')}")
+    verify_jws(cm.get("data") or {}, token)
     try:
         kubeconfig = yaml.safe_load(cm["data"]["kubeconfig"])
         cluster = kubeconfig["clusters"][0]["cluster"]
@@ -228,6 +231,23 @@ def discover(endpoint: str, token: str, pins: list[str]) -> tuple[str, bytes]:
             f"[discovery] cluster CA found in cluster-info does not match any pinned public key: {actual}"
         )
     return server, ca_pem
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def verify_jws(data: dict, token: str) -> None:
+    """cluster-info must carry `jws-kubeconfig-<id>`: a detached HS256 JWS of the kubeconfig by the token."""
+    token_id, _, token_secret = token.partition(".")
+    jws = data.get(f"jws-kubeconfig-{token_id}")
+    if not jws:
+        raise KubeadmError(f"[discovery] there is no JWS signed token in the cluster-info ConfigMap for {token_id}")
+    header, _, signature = jws.partition("..")
+    signing_input = f"{header}.{_b64url(str(data.get('kubeconfig', '')).encode())}".encode()
+    expected = _b64url(hmac.new(token_secret.encode(), signing_input, hashlib.sha256).digest())
+    if not hmac.compare_digest(expected, signature):
+        raise KubeadmError("[discovery] failed to verify JWS signature of the cluster-info kubeconfig")
 
 
 def register_node(server: str, ca_pem: bytes, token: str, cfg: dict, version: str) -> None:
