@@ -1,0 +1,5 @@
+import sys
+
+from agentkube.cli import main
+
+sys.exit(main())
