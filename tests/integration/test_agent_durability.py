@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -130,7 +132,7 @@ def test_heartbeats_keep_their_interval_while_4_jobs_run(lab):
         wait_for(lambda: all(job_done(lab, j["id"]) for j in jobs), 120, what="4 jobs")
         beats = [ts for ts, status in lab.fulcrum.status_history_of(agent_id)[t0:] if status == "Connected"]
     assert len(beats) >= 4
-    gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
     assert max(gaps) < 2 * 0.5, gaps  # never a missed beat while the jobs ran
 
 
@@ -164,10 +166,8 @@ def test_no_secret_in_logs_artifacts_or_process_arguments(lab, tmp_path):
     while proc.poll() is None:
         for pid in os.listdir("/proc"):
             if pid.isdigit():
-                try:
+                with contextlib.suppress(OSError):
                     cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
-                except OSError:
-                    pass
         time.sleep(0.05)
     assert proc.returncode == 0
     assert lab.fulcrum.get_job(job["id"])["status"] == "Completed"
