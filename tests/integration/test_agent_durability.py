@@ -151,29 +151,50 @@ def test_sigterm_lets_the_running_job_finish_then_disconnects(lab, tmp_path):
     assert history[-1][1] == "Disconnected"
 
 
-def test_no_secret_in_logs_artifacts_or_process_arguments(lab, tmp_path):
-    (svc,) = created(lab)
-    lab.fulcrum.put_secret("canary", VAULT_CANARY)
-    job = lab.fulcrum.request_action(svc["id"], "leak", {"password": CANARY, "fromVault": "vault://canary",
-                                                          "sleep_s": 1})
-    config, log = write_config(lab, tmp_path), tmp_path / "agent.log"
-    token = lab.token_file.read_text()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTKUBE_")}
-    env["AGENTKUBE_FULCRUM__TOKEN"] = token  # the token by environment too: must not reach the children
-    proc = subprocess.Popen([*AGENTKUBE, "-v", "run", "--config", str(config), "--once"], env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    cmdlines = []
-    while proc.poll() is None:
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                with contextlib.suppress(OSError):
-                    cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
-        time.sleep(0.05)
-    assert proc.returncode == 0
-    assert lab.fulcrum.get_job(job["id"])["status"] == "Completed"
-    state_dir = Path(lab.agent_config()["agent"]["state_dir"])
+def leaky_service_type() -> dict:
+    """A service type with a secret property (Core stores its value in its vault and puts a vault:// ref in the
+    job params) and a plain property under a secret-looking name, served by an agent with custom playbooks."""
+    st = service_type_with([])
+    st["name"] = "leaky"
+    st["propertySchema"] = {"properties": {
+        "registryPassword": {"type": "string", "label": "Registry password", "secret": {"type": "persistent"}},
+        "password": {"type": "string", "label": "Plain password"},
+    }}
+    return st
+
+
+def test_no_secret_in_logs_artifacts_or_process_arguments(tmp_path):
+    with Lab(tmp_path / "lab", extra_service_types=[leaky_service_type()]) as lab:
+        svc = lab.fulcrum.create_service("leaky one", lab.catalog.extra_service_type_ids["leaky"],
+                                         lab.catalog.group_ids[0], lab.catalog.agent_id,
+                                         {"registryPassword": VAULT_CANARY, "password": CANARY})
+        job = lab.fulcrum.jobs[0]
+        assert job["params"]["registryPassword"].startswith("vault://")  # Core keeps the value in its vault
+        config, log = write_config(lab, tmp_path), tmp_path / "agent.log"
+        cfg = yaml.safe_load(config.read_text())
+        cfg["runner"]["actions"] = {"create": str(PLAYBOOKS / "leak.yml")}
+        cfg["tenancy"] = {"validate_spec": False}
+        config.write_text(yaml.safe_dump(cfg))
+        token = lab.token_file.read_text()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTKUBE_")}
+        env["AGENTKUBE_FULCRUM__TOKEN"] = token  # the token by environment too: must not reach the children
+        proc = subprocess.Popen([*AGENTKUBE, "-v", "run", "--config", str(config), "--once"], env=env,
+                                stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        cmdlines = []
+        while proc.poll() is None:
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    with contextlib.suppress(OSError):
+                        cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
+            time.sleep(0.05)
+        assert proc.returncode == 0, log.read_text()
+        assert lab.fulcrum.get_job(job["id"])["status"] == "Completed", lab.fulcrum.get_job(job["id"])
+        assert lab.fulcrum.get_service(svc["id"])["agentInstanceData"] == {"leaked": True}
+        state_dir = Path(lab.agent_config()["agent"]["state_dir"])
     artifacts = [p for p in (state_dir / "jobs" / job["id"]).rglob("*") if p.is_file()]
-    assert artifacts, "the runner kept no artifacts"
+    stdout = state_dir / "jobs" / job["id"] / "artifacts" / job["id"] / "stdout"
+    assert stdout in artifacts, "the runner kept no stdout artifact"
+    assert stdout.read_text().count("********") >= 2  # both secrets were printed by the playbook, and masked
     texts = {str(p): p.read_text(errors="replace") for p in artifacts}
     texts["agent log"] = log.read_text()
     texts["process arguments"] = "\n".join(cmdlines)
@@ -181,4 +202,3 @@ def test_no_secret_in_logs_artifacts_or_process_arguments(lab, tmp_path):
     for secret in (CANARY, VAULT_CANARY, token):
         for where, text in texts.items():
             assert secret not in text, f"secret leaked into {where}"
-    assert "********" in (state_dir / "jobs" / job["id"] / "artifacts" / job["id"] / "stdout").read_text()

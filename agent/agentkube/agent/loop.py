@@ -252,7 +252,7 @@ class Agent:
         if playbook is None:
             return JobResult.failed(job, f"unsupported action '{job.action}'")
         try:
-            variables = build_job_vars(job, self.settings.tenancy.window())
+            variables = build_job_vars(job, self.settings.tenancy.window(), self.settings.tenancy.validate_spec)
         except JobInputError as e:
             return JobResult.failed(job, f"invalid input for action '{job.action}': {e}")
         operator_vars = dict(self.agent_info.get("configuration") or {})

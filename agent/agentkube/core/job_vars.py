@@ -39,8 +39,10 @@ def tenant_spec_for(job: Job, window: tuple[tuple[int, int], tuple[int, int]] | 
     return spec.model_dump(mode="json")
 
 
-def build_job_vars(job: Job, window: tuple[tuple[int, int], tuple[int, int]] | None = None) -> dict[str, Any]:
-    """The vars document for a job. Custom actions get their raw params under `agentkube_params`."""
+def build_job_vars(job: Job, window: tuple[tuple[int, int], tuple[int, int]] | None = None,
+                   validate_spec: bool = True) -> dict[str, Any]:
+    """The vars document for a job. Custom actions (and every action when validate_spec is off) get their raw
+    params (the service's properties when the job has none) under `agentkube_params`."""
     if not job.service.id:
         raise JobInputError("service.id: missing")
     doc: dict[str, Any] = {
@@ -49,10 +51,10 @@ def build_job_vars(job: Job, window: tuple[tuple[int, int], tuple[int, int]] | N
         "agentkube_tenant_name": tenant_name(job.service.name, job.service.id),
         "agentkube_previous": job.service.agent_instance_data or {},
     }
-    if job.action in SPEC_ACTIONS or job.action in LIFECYCLE_ACTIONS:
+    if validate_spec and (job.action in SPEC_ACTIONS or job.action in LIFECYCLE_ACTIONS):
         doc["agentkube_tenant"] = tenant_spec_for(job, window)
     else:
-        doc["agentkube_params"] = job.params or {}
+        doc["agentkube_params"] = job.params if job.params is not None else job.service.properties
     return doc
 
 

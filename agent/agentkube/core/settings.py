@@ -97,6 +97,8 @@ class RunnerSettings(_Section):
 class TenancySettings(_Section):
     """Operator rules the agent checks before a job touches anything (the playbooks check them again)."""
 
+    validate_spec: bool = Field(True, description="validate params/properties as the tenant spec; false only for "
+                                "an agent that serves another service type through custom playbooks")
     min_version: str = "v1.33"
     max_version: str = "v1.36"
     namespace: str = "kamaji-tenants"
