@@ -15,6 +15,7 @@ import json
 import logging
 import secrets
 import threading
+import uuid
 from pathlib import Path
 
 import yaml
@@ -283,9 +284,13 @@ class TenantApi:
             "status": {
                 "conditions": _node_conditions(ready),
                 "addresses": [{"type": "InternalIP", "address": internal_ip}, {"type": "Hostname", "address": name}],
-                "nodeInfo": {"kubeletVersion": kubelet_version or self.version, "containerRuntimeVersion":
-                             "containerd://2.0.0", "osImage": "Debian GNU/Linux 12 (bookworm)",
-                             "architecture": "amd64", "operatingSystem": "linux"},
+                "nodeInfo": {"kubeletVersion": kubelet_version or self.version, "kubeProxyVersion": "",
+                             "containerRuntimeVersion": "containerd://2.0.0",
+                             "osImage": "Debian GNU/Linux 12 (bookworm)", "kernelVersion": "6.1.0-28-amd64",
+                             "architecture": "amd64", "operatingSystem": "linux",
+                             "machineID": hashlib.md5(name.encode(), usedforsecurity=False).hexdigest(),
+                             "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, name)),
+                             "bootID": str(uuid.uuid4())},
                 "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
                 "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
             },
