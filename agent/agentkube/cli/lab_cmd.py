@@ -1,0 +1,30 @@
+"""`agentkube lab`: start the lab's emulators on loopback and keep them up until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from agentkube.lab.lab import Lab
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lab", help="run the lab (Fulcrum, Kubernetes/Kamaji and Proxmox emulators) on loopback")
+    p.add_argument("--state-dir", type=Path, default=Path("lab-state"), help="lab state folder (default: lab-state)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with Lab(args.state_dir) as lab:
+        print(f"Fulcrum emulator: {lab.fulcrum.url} (admin token: {lab.fulcrum.admin_token})")
+        print(f"agent configuration: {lab.config_file}")
+        print(f"inventory for the playbooks: {lab.inventory_dir}")
+        print(f"run the agent against it:  agentkube run --config {lab.config_file}")
+        print("Ctrl-C stops the lab.", flush=True)
+        stop.wait()
+    return 0

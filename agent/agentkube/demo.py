@@ -1,0 +1,134 @@
+"""The lab demo: one tenant's whole lifecycle through Fulcrum, the agent and the playbooks, on loopback.
+
+lab up -> service created in the Fulcrum emulator -> create -> start -> update (pool 1 -> 3 workers) ->
+update (one Kubernetes minor up) -> stop -> start -> delete -> a table of the jobs, and a check of what is
+left behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from agentkube.agent.loop import Agent
+from agentkube.core.settings import load_settings
+from agentkube.lab.lab import Lab
+
+SPEC: dict[str, Any] = {
+    "kubernetesVersion": "v1.34.4",
+    "controlPlane": {"replicas": 2, "serviceType": "LoadBalancer", "address": "10.0.0.50"},
+    "nodePools": [{"name": "default", "count": 1, "cores": 2, "memoryMiB": 4096, "diskGiB": 40}],
+    "baseline": {"cni": "calico", "podSecurity": "baseline"},
+}
+
+
+@dataclass
+class Step:
+    title: str
+    action: str
+    params: dict[str, Any] | None = None
+
+
+def story() -> list[Step]:
+    scaled = copy.deepcopy(SPEC)
+    scaled["nodePools"][0]["count"] = 3
+    upgraded = copy.deepcopy(scaled)
+    upgraded["kubernetesVersion"] = "v1.35.7"
+    return [
+        Step("create the tenant", "create"),
+        Step("start it", "start"),
+        Step("grow the pool from 1 to 3 workers", "update", {"nodePools": scaled["nodePools"]}),
+        Step("upgrade Kubernetes one minor (v1.34 -> v1.35)", "update",
+             {"kubernetesVersion": upgraded["kubernetesVersion"]}),
+        Step("stop it", "stop"),
+        Step("start it again", "start"),
+        Step("delete it", "delete"),
+    ]
+
+
+class Demo:
+    def __init__(self, state_dir: Path, out: TextIO = sys.stdout, step_timeout_s: float = 600):
+        self.lab = Lab(state_dir)
+        self.out = out
+        self.step_timeout_s = step_timeout_s
+        self.rows: list[tuple[str, str, float, str, str]] = []
+        self.services: list[dict[str, Any]] = []
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def run(self) -> int:
+        started = time.monotonic()
+        with self.lab:
+            self.say(f"lab up: Fulcrum emulator {self.lab.fulcrum.url}")
+            settings = load_settings(self.lab.config_file)
+            agent = Agent(settings)
+            thread = threading.Thread(target=agent.run, name="agent", daemon=True)
+            thread.start()
+            try:
+                ok = self._story()
+            finally:
+                agent.request_stop()
+                thread.join(timeout=120)
+            leftovers = self.leftovers()
+        self._table()
+        if leftovers:
+            self.say("LEFT BEHIND: " + "; ".join(leftovers))
+        else:
+            self.say("nothing left behind: " + ", ".join(["the Fulcrum service is Deleted", *self.lab.checked]))
+        self.say(f"demo {'succeeded' if ok and not leftovers else 'FAILED'} in {time.monotonic() - started:.0f}s")
+        return 0 if ok and not leftovers else 1
+
+    def _story(self) -> bool:
+        catalog = self.lab.catalog
+        assert catalog is not None
+        svc = self.lab.fulcrum.create_service("Demo Cluster", catalog.service_type_id, catalog.group_ids[0],
+                                              catalog.agent_id, SPEC)
+        self.services.append(svc)
+        self.say(f"service 'Demo Cluster' ({svc['id']}) requested in Fulcrum")
+        for i, step in enumerate(story(), 1):
+            if step.action == "create":
+                job = self.lab.fulcrum.jobs[-1]
+            else:
+                job = self.lab.fulcrum.request_action(svc["id"], step.action, step.params)
+            self.say(f"[{i}/{len(story())}] {step.title}: job {step.action} {job['id'][:8]} queued")
+            t0 = time.monotonic()
+            done = _wait(lambda j=job: self.lab.fulcrum.get_job(j["id"])["status"] in ("Completed", "Failed"),
+                         self.step_timeout_s)
+            final = self.lab.fulcrum.get_job(job["id"])
+            service = self.lab.fulcrum.get_service(svc["id"])
+            status = final["status"] if done else "TimedOut"
+            self.rows.append((step.title, step.action, time.monotonic() - t0, status,
+                              final.get("errorMessage") or f"service {service['status']}"))
+            self.say(f"      -> {status} in {time.monotonic() - t0:.1f}s; service is {service['status']}"
+                     + (f": {final.get('errorMessage')}" if final.get("errorMessage") else ""))
+            if status != "Completed":
+                return False
+        return True
+
+    def leftovers(self) -> list[str]:
+        left = [f"service {s['name']} is {s['status']}" for s in self.services if
+                self.lab.fulcrum.get_service(s["id"])["status"] != "Deleted"]
+        return left + self.lab.leftovers()
+
+    def _table(self) -> None:
+        self.say("")
+        self.say(f"{'step':<48} {'action':<8} {'seconds':>8}  {'result':<10} detail")
+        for title, action, secs, status, detail in self.rows:
+            self.say(f"{title:<48} {action:<8} {secs:>8.1f}  {status:<10} {detail}")
+        self.say("")
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
