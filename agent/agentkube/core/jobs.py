@@ -30,7 +30,11 @@ class Job:
     @classmethod
     def from_api(cls, raw: dict[str, Any]) -> Job:
         """Build from a Fulcrum `JobRes` (service embedded). KeyError/TypeError on a malformed job."""
+        if not isinstance(raw, dict):
+            raise TypeError(f"a job must be a JSON object, not {type(raw).__name__}")
         svc = raw.get("service") or {}
+        if not isinstance(svc, dict):
+            raise TypeError(f"field 'service' must be an object, not {type(svc).__name__}")
         service = Service(
             id=str(svc.get("id") or raw["serviceId"]),
             name=str(svc.get("name") or ""),
