@@ -22,8 +22,10 @@ class Redactor:
             for v in values:
                 if v and len(v) >= MIN_SECRET_LEN:
                     self._secrets.add(v)
-                    # the same value as it appears JSON-escaped inside a serialized document
+                    # the same value as it appears JSON-escaped inside a serialized document, with non-ASCII
+                    # escaped or kept (Ansible's callbacks dump results with ensure_ascii=False)
                     self._secrets.add(json.dumps(v)[1:-1])
+                    self._secrets.add(json.dumps(v, ensure_ascii=False)[1:-1])
 
     def __len__(self) -> int:
         return len(self._secrets)
