@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -57,21 +56,18 @@ class Tenant:
     def run(self, node_pools: list[dict] | None = None, state: str = "present", verbosity: int = 0,
             **extra) -> RoleRun:
         self.runs += 1
-        result_file = self.workdir / f"result-{self.runs}.json"
-        result_file.unlink(missing_ok=True)
         extravars = {
             "agentkube_tenant_name": self.name,
             "agentkube_service": {"id": self.service_id, "name": self.name},
             "agentkube_tenant": {"kubernetesVersion": self.version, "nodePools": node_pools or []},
             "proxmox_vm_state": state,
-            "proxmox_vm_test_result_file": str(result_file),
             **extra,
         }
         private = self.workdir / f"runner-{self.runs}"
         private.mkdir(parents=True, exist_ok=True)
         env = {
             "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+            "ANSIBLE_PIPELINING": "True", "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         }
         r = ansible_runner.run(
             private_data_dir=str(private),
@@ -84,7 +80,10 @@ class Tenant:
             verbosity=verbosity,
         )
         stdout = r.stdout.read() if r.stdout else ""
-        data = json.loads(result_file.read_text()) if result_file.exists() else {"nodes": [], "to_remove": []}
+        data = {"nodes": [], "to_remove": []}
+        for event in r.events:
+            if event.get("event") == "playbook_on_stats":
+                data = (event["event_data"].get("artifact_data") or {}).get("proxmox_vm_test_result", data)
         changed = sum((r.stats or {}).get("changed", {}).values()) if r.stats else -1
         return RoleRun(r.rc, r.status, changed, data["nodes"], data["to_remove"], stdout, private / "artifacts")
 
