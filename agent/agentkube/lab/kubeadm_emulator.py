@@ -250,6 +250,26 @@ def verify_jws(data: dict, token: str) -> None:
         raise KubeadmError("[discovery] failed to verify JWS signature of the cluster-info kubeconfig")
 
 
+def node_info(version: str) -> dict[str, str]:
+    """The nodeInfo a kubelet reports, from what the root filesystem knows about itself."""
+    os_image = "Linux"
+    try:
+        for line in _path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_image = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    try:
+        machine_id = _path("/etc/machine-id").read_text().strip()
+    except OSError:
+        machine_id = ""
+    machine_id = machine_id or hashlib.sha256(str(_root().resolve()).encode()).hexdigest()[:32]
+    return {"kubeletVersion": version, "kubeProxyVersion": "", "containerRuntimeVersion": "containerd://lab",
+            "operatingSystem": "linux", "architecture": "amd64", "osImage": os_image,
+            "kernelVersion": os.uname().release, "machineID": machine_id, "systemUUID": machine_id,
+            "bootID": machine_id}
+
+
 def register_node(server: str, ca_pem: bytes, token: str, cfg: dict, version: str) -> None:
     context = ssl.create_default_context(cadata=ca_pem.decode())
     reg = cfg["nodeRegistration"]
@@ -264,8 +284,7 @@ def register_node(server: str, ca_pem: bytes, token: str, cfg: dict, version: st
                      "annotations": {"agentkube.io/lab-emulated-kubelet": "true"}},
         "spec": {"taints": taints} if taints else {},
         "status": {
-            "nodeInfo": {"kubeletVersion": version, "containerRuntimeVersion": "containerd://lab",
-                         "operatingSystem": "linux", "architecture": "amd64"},
+            "nodeInfo": node_info(version),
             "conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady",
                             "message": "container runtime network not ready: NetworkReady=false"}],
         },
