@@ -203,3 +203,40 @@ class PveLab:
             "proxmox_vm_shutdown_timeout": 60,
             "proxmox_vm_retry_delay": 0.2,
         }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m agentkube.lab.pve_lab --state-dir D --vars-file F`: serve until SIGTERM/SIGINT, with the
+    proxmox_vm_* settings pointing at the lab written to F (0600, it holds the lab token secret)."""
+    import argparse
+    import json
+    import os
+    import signal
+
+    parser = argparse.ArgumentParser(description="Serve the lab's fakepve on 127.0.0.1")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--vars-file", required=True)
+    parser.add_argument("--pidfile", help="written once the lab serves; removed on exit")
+    parser.add_argument("--time-scale", type=float, default=0.01)
+    args = parser.parse_args(argv)
+    lab = PveLab(args.state_dir, time_scale=args.time_scale).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    fd = os.open(args.vars_file + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(lab.group_vars(), fh)
+    os.replace(args.vars_file + ".tmp", args.vars_file)
+    if args.pidfile:
+        Path(args.pidfile).write_text(f"{os.getpid()}\n")
+    print(f"fakepve lab on {lab.url}", flush=True)
+    stop.wait()
+    lab.stop()
+    Path(args.vars_file).unlink(missing_ok=True)
+    if args.pidfile:
+        Path(args.pidfile).unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
