@@ -1,0 +1,93 @@
+"""Pure helpers of the proxmox_vm modules: tags, markers, IP pool, disk sizes, VMID/IP allocation."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+MODULE_UTILS = Path(__file__).resolve().parents[2] / "module_utils"
+
+
+def _load(name: str):
+    """Import a module_utils file as Ansible exposes it (ansible.module_utils.<name>)."""
+    sys.path.insert(0, str(MODULE_UTILS))
+    try:
+        module = importlib.import_module(name)
+    finally:
+        sys.path.remove(str(MODULE_UTILS))
+    sys.modules[f"ansible.module_utils.{name}"] = module
+    return module
+
+
+cfg = _load("proxmox_vm_config")
+api = _load("proxmox_api")
+alloc = _load("proxmox_vm_allocation")
+
+
+def test_tags_are_lowercase_tokens_marking_owner_service_tenant_and_pool():
+    tags = cfg.vm_tags("AgentKube", "ABC-123", "t1-x", "gpu")
+    assert tags == ["agentkube", "pool-gpu", "svc-abc-123", "tenant-t1-x"]
+    assert cfg.join_tags(tags) == "agentkube;pool-gpu;svc-abc-123;tenant-t1-x"
+    assert cfg.split_tags("b;A, c") == ["a", "b", "c"]
+
+
+def test_marker_round_trips_and_counts_as_an_ip_claim():
+    text = cfg.marker("svc-1", "10.0.0.7")
+    assert cfg.parse_marker(text) == {"service": "svc-1", "ip": "10.0.0.7"}
+    config = {"description": text, "ipconfig0": "ip=10.0.0.8/24,gw=10.0.0.1", "ipconfig1": "ip=dhcp"}
+    assert cfg.claimed_ips(config) == {"10.0.0.7", "10.0.0.8"}
+
+
+def test_ip_pool_ranges_cidrs_and_exclusions():
+    pool = cfg.IpPool("10.0.0.1-10.0.0.4", gateway="10.0.0.1", reserved=["10.0.0.2"])
+    assert pool.first_free(set()) == "10.0.0.3"
+    assert pool.first_free({"10.0.0.3", "10.0.0.4"}) is None
+    assert cfg.IpPool("192.168.1.0/30").first_free(set()) == "192.168.1.1"
+    with pytest.raises(ValueError, match="proxmox_vm_ip_pool"):
+        cfg.IpPool("10.0.0.9-10.0.0.1")
+
+
+def test_boot_disk_size_and_ipconfig():
+    config = {"boot": "order=scsi0", "scsi0": "store:vm-1-disk-0,size=512M", "ide2": "store:cloudinit,media=cdrom"}
+    assert cfg.boot_disk(config) == ("scsi0", 0.5)
+    assert cfg.ipconfig("10.0.0.5", 24, "10.0.0.1") == "ip=10.0.0.5/24,gw=10.0.0.1"
+    assert cfg.ipconfig(None, 24, "10.0.0.1") == "ip=dhcp"
+    assert "%0A" in cfg.sshkeys_param(["ssh-ed25519 A a", "ssh-rsa B b"])
+
+
+def test_transient_and_collision_errors_are_told_apart():
+    lock = api.PveApiError(500, "can't lock file '/var/lock/qemu-server/lock-9035.conf' - got timeout")
+    taken = api.PveApiError(500, "unable to create VM 4100: config file already exists")
+    shutdown = api.PveApiError(0, "VM quit/powerdown failed - got timeout")
+    assert lock.transient and not lock.vmid_taken
+    assert taken.vmid_taken and not taken.transient
+    assert not shutdown.transient
+
+
+class FakeClient:
+    def __init__(self, vms, configs):
+        self.vms, self.configs = vms, configs
+
+    def cluster_vms(self):
+        return self.vms
+
+    def vm_config(self, node, vmid):
+        return self.configs.get(vmid, {})
+
+
+def test_allocator_skips_every_used_vmid_and_claimed_address():
+    client = FakeClient(
+        [{"vmid": 100, "node": "n"}, {"vmid": 101, "node": "n"}, {"vmid": 103, "node": "n"}],
+        {100: {"ipconfig0": "ip=10.0.0.2/24"}, 103: {"description": cfg.marker("other", "10.0.0.3")}},
+    )
+    a = alloc.Allocator(client, 100, 105, cfg.IpPool("10.0.0.1-10.0.0.9", gateway="10.0.0.1")).refresh()
+    assert [a.next_vmid() for _ in range(3)] == [102, 104, 105]
+    with pytest.raises(alloc.AllocationError, match="no free VMID"):
+        a.next_vmid()
+    assert [a.next_ip() for _ in range(2)] == ["10.0.0.4", "10.0.0.5"]
+    # A concurrent claim: the lower vmid keeps the address.
+    a.ip_claims["10.0.0.4"] = {102, 99}
+    assert a.conflicts({102: "10.0.0.4", 104: "10.0.0.5"}) == {102: "10.0.0.4"}
