@@ -53,6 +53,7 @@ class LabCA:
                 .add_extension(
                     x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
                 )
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(self._ca_key.public_key()), critical=False)
                 .sign(self._ca_key, hashes.SHA256())
             )
             self._ca_key_file.write_bytes(_key_pem(self._ca_key))
@@ -87,6 +88,11 @@ class LabCA:
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            # Python >= 3.13 verifies strictly (VERIFY_X509_STRICT): the AKI must be present
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._ca_key.public_key()),
+                           critical=False)
             .sign(self._ca_key, hashes.SHA256())
         )
         key_file.write_bytes(_key_pem(key))
