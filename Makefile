@@ -24,7 +24,8 @@ lint: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint --profile production playbooks roles
 
 test: lint
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
+	scripts/system-packages.sh
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -ra
 
 bench: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m bench
