@@ -200,6 +200,24 @@ def test_the_role_renders_exactly_what_agentkube_render_prints(tmp_path, tenant_
     assert json.loads(out.read_text()) == python_side
 
 
+def test_fields_dropped_from_the_spec_leave_the_live_tcp(tenant):
+    full = spec(controlPlane={"address": "10.0.0.60", "certSANs": ["api.example.com"]},
+                addons={"coreDNS": True, "kubeProxy": True, "konnectivity": True})
+    assert tenant.run(full).rc == 0
+    live = tenant.live()
+    assert live["spec"]["networkProfile"]["address"] == "10.0.0.60"
+    assert "konnectivity" in live["spec"]["addons"]
+    slim = spec(addons={"coreDNS": True, "kubeProxy": True, "konnectivity": False})
+    run = tenant.run(slim)
+    assert run.rc == 0, run.failures
+    live = tenant.live()
+    assert "address" not in live["spec"]["networkProfile"]
+    assert "certSANs" not in live["spec"]["networkProfile"]
+    assert "additionalMetadata" not in live["spec"]["controlPlane"]["service"]
+    assert "konnectivity" not in live["spec"]["addons"]
+    assert tenant.run(slim).changed == 0
+
+
 def test_sleep_then_wake_restores_the_replicas(tenant):
     assert tenant.run(spec(controlPlane={"replicas": 3})).rc == 0
     asleep = tenant.run(state="sleeping")
