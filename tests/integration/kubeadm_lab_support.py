@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from agentkube.lab.kube_emulator import KubeEmulator
-from agentkube.lab.kube_resources import ResourceCatalog, ResourceType
 from agentkube.lab.kube_tenant import TenantApi
 from agentkube.lab.kubeadm_emulator import install_into_rootfs
 
@@ -143,35 +142,3 @@ def chroot_host(rootfs: Path) -> dict:
 
 # Kinds a real tenant API serves that the lab's tenant catalog may not (yet): the baseline's extra manifests
 # use them. A stopgap owned by these tests; a no-op once agentkube.lab serves them itself.
-POLICY_TYPES = (
-    ResourceType("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", True, ("netpol",)),
-    ResourceType("", "v1", "ResourceQuota", "resourcequotas", True, ("quota",), subresources=("status",)),
-    ResourceType("", "v1", "LimitRange", "limitranges", True, ("limits",)),
-)
-
-
-def ensure_policy_kinds(tenant: TenantApi) -> None:
-    catalog = tenant.store.catalog
-    missing = [t for t in POLICY_TYPES if catalog.by_kind(t.api_version, t.kind) is None]
-    if missing:
-        tenant.store.catalog = ResourceCatalog(catalog.types + tuple(missing))
-
-
-def accept_kindless_evictions() -> None:
-    """Stopgap owned by these tests: kubernetes.core.k8s_drain posts an Eviction body without apiVersion/kind
-    (the client model leaves them unset) and a real apiserver defaults them from the eviction endpoint; the
-    lab's API server (agentkube.lab.kube_http) rejects such a body. Default them the same way until the lab
-    does; a no-op for bodies that carry a kind."""
-    from agentkube.lab import kube_http
-
-    original = kube_http._Handler._evict
-    if getattr(original, "defaults_eviction_kind", False):
-        return
-
-    def _evict(self, t, method, body):
-        if isinstance(body, dict) and "kind" not in body:
-            body = {"apiVersion": "policy/v1", "kind": "Eviction", **body}
-        return original(self, t, method, body)
-
-    _evict.defaults_eviction_kind = True
-    kube_http._Handler._evict = _evict

@@ -9,7 +9,6 @@ import json
 import pytest
 from kubeadm_lab_support import (
     VERSION,
-    accept_kindless_evictions,
     chroot_host,
     copy_rootfs,
     require_chroot_lab,
@@ -56,7 +55,6 @@ def cache():
 
 @pytest.fixture
 def lab(tmp_path):
-    accept_kindless_evictions()
     lab = start_lab_tenant(tmp_path / "kube")
     yield lab
     lab.emulator.stop()

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 import yaml
-from kubeadm_lab_support import REPO, ensure_policy_kinds, run_playbook, start_lab_tenant
+from kubeadm_lab_support import REPO, run_playbook, start_lab_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,6 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
 @pytest.fixture
 def lab(tmp_path):
     lab = start_lab_tenant(tmp_path / "kube")
-    ensure_policy_kinds(lab.tenant)
     yield lab
     lab.emulator.stop()
 

@@ -359,6 +359,9 @@ class _Handler(BaseHTTPRequestHandler):
         """POST pods/<name>/eviction (policy/v1 Eviction), as `kubectl drain` does: the pod is deleted."""
         if method != "POST":
             raise ApiError(405, "MethodNotAllowed", "eviction only supports POST")
+        if isinstance(body, dict) and "kind" not in body:
+            # the apiserver defaults the kind from the endpoint; kubernetes.core.k8s_drain sends none
+            body = {"apiVersion": "policy/v1", "kind": "Eviction", **body}
         if not isinstance(body, dict) or body.get("kind") != "Eviction":
             raise bad_request("the body must be a policy/v1 Eviction")
         name = body.get("metadata", {}).get("name")

@@ -85,6 +85,23 @@ CORE_TYPES: tuple[ResourceType, ...] = (
     _core("Event", "events", True, ("ev",)),
 )
 
+# What a tenant's API server also serves for the baseline (CNI manifests, policies, quotas) and for drains.
+TENANT_EXTRA_TYPES: tuple[ResourceType, ...] = (
+    _core("ResourceQuota", "resourcequotas", True, ("quota",), ("status",)),
+    _core("LimitRange", "limitranges", True, ("limits",)),
+    ResourceType("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", True, ("netpol",)),
+    ResourceType("apps", "v1", "DaemonSet", "daemonsets", True, ("ds",), subresources=("status",)),
+    ResourceType("apps", "v1", "Deployment", "deployments", True, ("deploy",), subresources=("status", "scale"),
+                 scale_spec_path="spec.replicas", scale_status_path="status.replicas",
+                 scale_selector_path="spec.selector"),
+    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "Role", "roles", True),
+    ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", True),
+    ResourceType("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", False,
+                 ("crd",), subresources=("status",)),
+)
+
 KAMAJI_GROUP = "kamaji.clastix.io"
 KAMAJI_VERSION = "v1alpha1"
 

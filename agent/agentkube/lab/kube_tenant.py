@@ -26,7 +26,7 @@ from agentkube.lab.certs import LabCA
 from agentkube.lab.kube_http import KubeApiServer
 from agentkube.lab.kube_kubeconfig import kubeconfig_yaml
 from agentkube.lab.kube_patch import PatchError, json_patch
-from agentkube.lab.kube_resources import CORE_TYPES, ResourceCatalog, ResourceType
+from agentkube.lab.kube_resources import CORE_TYPES, TENANT_EXTRA_TYPES, ResourceCatalog, ResourceType
 from agentkube.lab.kube_store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class TenantApi:
         self._cert = self._ca.issue("apiserver", hosts=(host, "localhost"))
         self._admin_token = secrets.token_urlsafe(32)
         self._super_admin_token = secrets.token_urlsafe(32)
-        self.store = ObjectStore(ResourceCatalog(CORE_TYPES))
+        self.store = ObjectStore(ResourceCatalog(CORE_TYPES + TENANT_EXTRA_TYPES))
         self.store.listeners.append(self._on_change)
         self.server: KubeApiServer | None = None
         self.port = 0
