@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from agentkube.cli.input_files import InputFileError
+from agentkube.cli.render_job_cmd import register_job
 from agentkube.cli.validate_cmd import add_input_arguments, load_settings, load_spec
 from agentkube.core.naming import tenant_name
 from agentkube.core.tcp_manifest import render_tcp
@@ -27,7 +28,7 @@ EXAMPLE_SERVICE_ID = "00000000-0000-0000-0000-000000000000"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("render", help="print what the agent would apply or write")
-    what = parser.add_subparsers(dest="render_what", required=True, metavar="{tcp,...}")
+    what = parser.add_subparsers(dest="render_what", required=True, metavar="{tcp,job}")
     for register_renderer in RENDERERS:
         register_renderer(what)
 
@@ -75,4 +76,4 @@ def run_tcp(args: argparse.Namespace) -> int:
     return 0
 
 
-RENDERERS = [register_tcp]
+RENDERERS = [register_tcp, register_job]

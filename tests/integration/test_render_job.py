@@ -1,0 +1,63 @@
+"""`agentkube render job` writes exactly the vars file the agent writes for the same job (break-glass)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+
+from agent_harness import AGENTKUBE, SPEC, new_service
+
+from agentkube.core.job_vars import build_job_vars
+from agentkube.core.jobs import Job
+from agentkube.lab.lab import Lab
+
+
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("AGENTKUBE_")}
+
+
+def test_render_job_from_the_service_matches_the_agents_vars(tmp_path):
+    with Lab(tmp_path / "lab") as lab:
+        svc = new_service(lab, "Break Glass")
+        out = tmp_path / "out"
+        r = subprocess.run([*AGENTKUBE, "render", "job", "--service-id", svc["id"], "--action", "create",
+                            "--config", str(lab.config_file), "--out", str(out)],
+                           capture_output=True, text=True, env=_env(), timeout=60)
+        assert r.returncode == 0, r.stderr
+        job = Job.from_api(lab.fulcrum.jobs[0])
+    vars_file = out / "job-vars.json"
+    assert stat.S_IMODE(vars_file.stat().st_mode) == 0o600
+    written = json.loads(vars_file.read_text())
+    expected = build_job_vars(job)
+    assert {k: v for k, v in written.items() if k != "agentkube_job"} == \
+        {k: v for k, v in expected.items() if k != "agentkube_job"}
+    assert written["agentkube_tenant"]["kubernetesVersion"] == SPEC["kubernetesVersion"]
+    assert r.stdout.startswith("ansible-playbook -i ")
+    assert f"playbooks/create.yml -e @{vars_file}" in r.stdout
+
+
+def test_render_job_from_job_json_without_fulcrum(tmp_path):
+    job = {"id": "j1", "action": "delete", "serviceId": "s1",
+           "service": {"id": "s1", "name": "Offline", "groupId": "g", "properties": SPEC,
+                       "agentInstanceData": {"endpoint": "https://10.0.0.50:6443"}}}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    r = subprocess.run([*AGENTKUBE, "render", "job", "--job-json", str(tmp_path / "job.json"), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    written = json.loads((tmp_path / "o" / "job-vars.json").read_text())
+    assert written["agentkube_job"] == {"id": "j1", "action": "delete"}
+    assert written["agentkube_previous"] == {"endpoint": "https://10.0.0.50:6443"}
+    assert "playbooks/delete.yml" in r.stdout
+
+
+def test_render_job_names_the_bad_field(tmp_path):
+    job = {"id": "j1", "action": "create", "serviceId": "s1", "params": {"kubernetesVersion": "1.35"},
+           "service": {"id": "s1", "name": "Bad", "groupId": "g"}}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    r = subprocess.run([*AGENTKUBE, "render", "job", "--job-json", str(tmp_path / "job.json"), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 1
+    assert "params.kubernetesVersion" in r.stderr
+    assert not (tmp_path / "o").exists()
