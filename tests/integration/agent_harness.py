@@ -18,13 +18,24 @@ from agentkube.lab.lab import Lab
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = REPO / "tests" / "playbooks"
 SPEC = {"kubernetesVersion": "v1.35.7", "nodePools": [{"name": "default", "count": 1}]}
+# The agent's own tests run against a Fulcrum-only lab: the lifecycle actions use a stand-in playbook.
+STUB_ACTIONS = {a: str(PLAYBOOKS / "lifecycle_stub.yml") for a in ("create", "start", "stop", "update", "delete")}
+
+
+def agent_config(lab: Lab) -> dict[str, Any]:
+    """The lab's agent configuration with fast test timings and the stand-in lifecycle playbooks."""
+    cfg = lab.agent_config()
+    cfg["agent"].update({"heartbeat_interval_s": 0.5, "poll_interval_s": 0.2, "shutdown_grace_s": 30})
+    cfg["fulcrum"].update({"retry_attempts": 3, "retry_max_s": 0.3, "timeout_s": 5})
+    cfg["runner"]["actions"] = dict(STUB_ACTIONS)
+    return cfg
 
 
 def settings_for(lab: Lab, **sections: dict[str, Any]) -> Settings:
-    cfg = lab.agent_config()
-    cfg["agent"].update({"heartbeat_interval_s": 0.5, "poll_interval_s": 0.2, "shutdown_grace_s": 30})
-    cfg["fulcrum"].update({"retry_attempts": 3, "retry_max_s": 0.2, "timeout_s": 5})
+    cfg = agent_config(lab)
     for name, values in sections.items():
+        if name == "runner" and "actions" in values:
+            values = {**values, "actions": {**cfg["runner"]["actions"], **values["actions"]}}
         cfg.setdefault(name, {}).update(values)
     return load_settings(overrides=cfg)
 

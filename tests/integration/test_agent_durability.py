@@ -16,6 +16,7 @@ from agent_harness import (
     AGENTKUBE,
     PLAYBOOKS,
     AgentThread,
+    agent_config,
     job_done,
     new_service,
     service_type_with,
@@ -46,10 +47,9 @@ def settings(lab: Lab):
 
 
 def write_config(lab: Lab, tmp_path: Path, **agent) -> Path:
-    cfg = lab.agent_config()
-    cfg["agent"].update({"heartbeat_interval_s": 0.5, "poll_interval_s": 0.2, "shutdown_grace_s": 30, **agent})
-    cfg["fulcrum"].update({"retry_attempts": 3, "retry_max_s": 0.3, "timeout_s": 5})
-    cfg["runner"]["actions"] = ACTIONS
+    cfg = agent_config(lab)
+    cfg["agent"].update(agent)
+    cfg["runner"]["actions"].update(ACTIONS)
     path = tmp_path / "agent-test.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
