@@ -20,8 +20,10 @@ from typing import Any
 from agentkube.adapters.fulcrum_client import FulcrumClient, FulcrumError, FulcrumUnavailable, TokenRejected
 from agentkube.adapters.job_runner import JobRunner, PlaybookRun
 from agentkube.adapters.journal import Journal
+from agentkube.agent.health_server import AgentProbes, HealthServer
 from agentkube.agent.heartbeat import Heartbeat
 from agentkube.agent.job_stats import JobStats
+from agentkube.agent.metrics_loop import MetricsLoop
 from agentkube.core.job_vars import JobInputError, build_job_vars, substitute_vault, vault_refs
 from agentkube.core.jobs import Job, JobResult
 from agentkube.core.redaction import Redactor, secret_values_in
@@ -71,6 +73,8 @@ class Agent:
         self._report_lock = threading.Lock()  # one reporter at a time: no result is sent twice
         self._fatal: Exception | None = None
         self.agent_info: dict[str, Any] = {}
+        self.metrics: MetricsLoop | None = None   # tenant metrics (its own thread), see connect()
+        self.health: HealthServer | None = None   # /healthz /readyz /metrics, see connect()
         now = time.monotonic()
         self.state = LoopState(started_at=now, last_loop=now)
 
@@ -81,6 +85,7 @@ class Agent:
             log.info("stopping: no new jobs are claimed; running jobs get %.0fs",
                      self.settings.agent.shutdown_grace_s)
         self._stop.set()
+        self.state.stopping = True
         self._wake.set()
 
     def request_cancel(self) -> None:
@@ -98,6 +103,24 @@ class Agent:
         log.info("connected to Fulcrum as agent %s (%s)", self.agent_info.get("name"), self.agent_info.get("id"))
         self.client.set_status("Connected")
         self.heartbeat.start()
+        self._start_metrics_and_health()
+
+    def _start_metrics_and_health(self) -> None:
+        s = self.settings
+        if s.metrics.enabled and s.runner.inventory:
+            self.metrics = MetricsLoop(
+                self.client, self.runner, s.metrics, inventory=str(s.runner.inventory),
+                operator_vars=lambda: self._resolve_secrets(dict(self.agent_info.get("configuration") or {}))[0],
+            )
+            self.metrics.start()
+        if s.health.enabled:
+            probes = AgentProbes(self, s.health.loop_max_age_s,
+                                 s.health.heartbeat_max_age_s or 3 * s.agent.heartbeat_interval_s,
+                                 s.health.fulcrum_max_age_s)
+            try:
+                self.health = HealthServer(probes, s.health.host, s.health.port).start()
+            except OSError as e:  # the agent works without it; say why it is missing
+                log.warning("health endpoint not started on %s:%d: %s", s.health.host, s.health.port, e)
 
     def run(self, once: bool = False) -> int:
         """Returns the process exit status: 0 when the agent worked (even if jobs failed)."""
@@ -148,6 +171,10 @@ class Agent:
         self._stop.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.heartbeat.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self.health is not None:
+            self.health.stop()
         if not isinstance(self._fatal, TokenRejected) and self.agent_info:
             try:
                 self.client.set_status("Disconnected", attempts=2)

@@ -118,6 +118,35 @@ class TenancySettings(_Section):
         return t(self.min_version), t(self.max_version)
 
 
+class MetricsSettings(_Section):
+    """Tenant metrics collection (playbooks/metrics.yml through the job runner, on its own thread)."""
+
+    enabled: bool = Field(True, description="collect when a runner inventory is configured")
+    playbook: str = "playbooks/metrics.yml"
+    interval_s: float = Field(60.0, gt=0)
+    timeout_s: int = Field(600, gt=0, description="cancel a collection running longer")
+    post_concurrency: int = Field(4, ge=1, le=64, description="metric entries posted at the same time")
+    post_attempts: int = Field(3, ge=1, description="attempts of one post before it counts as dropped")
+
+    @field_validator("playbook")
+    @classmethod
+    def _playbook(cls, v: str) -> str:
+        if not v.endswith((".yml", ".yaml")):
+            raise ValueError(f"{v!r} must be a .yml file")
+        return v
+
+
+class HealthSettings(_Section):
+    """The agent's health endpoint: /healthz, /readyz, /metrics (Prometheus text)."""
+
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="listen address (loopback by default)")
+    port: int = Field(9465, ge=0, le=65535, description="0 = any free port")
+    loop_max_age_s: float = Field(120.0, gt=0, description="/healthz: the agent loop ran this recently")
+    heartbeat_max_age_s: float | None = Field(None, gt=0, description="/healthz: default 3 heartbeat intervals")
+    fulcrum_max_age_s: float = Field(120.0, gt=0, description="/readyz: Fulcrum answered this recently")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTKUBE_", env_nested_delimiter="__", extra="forbid")
 
@@ -125,6 +154,8 @@ class Settings(BaseSettings):
     agent: AgentLoopSettings = Field(default_factory=AgentLoopSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     tenancy: TenancySettings = Field(default_factory=TenancySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
 
     @classmethod
     def settings_customise_sources(

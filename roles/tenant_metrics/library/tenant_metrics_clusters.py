@@ -40,7 +40,10 @@ author: AgentKube
 """
 
 RETURN = r"""
-kamaji: {description: "ok, error, tcps (namespace, name, status, replicas, readyReplicas)", type: dict, returned: always}
+kamaji:
+  description: ok, error, tcps (namespace, name, status, replicas, readyReplicas)
+  type: dict
+  returned: always
 tenants:
   description: per TCP, namespace, name, queried, reachable, error, nodes (name, ready), podsRunning
   type: list
@@ -134,7 +137,7 @@ def tenant_entry(tcp: dict, secrets_by_key: dict, timeout: float, secrets_error:
     return entry
 
 
-ADMIN_SECRET_SELECTOR = "kamaji.clastix.io/component=admin-kubeconfig"
+ADMIN_SECRET_SELECTOR = "kamaji.clastix.io/component=admin-kubeconfig"  # noqa: S105 - a label selector
 
 
 def list_admin_secrets(namespace: str, kubeconfig: str, context: str, validate_certs: bool,
