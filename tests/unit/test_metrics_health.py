@@ -1,0 +1,190 @@
+"""The health endpoint: /metrics parses as Prometheus text (prometheus_client's parser when installed, else
+a strict parser of the 0.0.4 text format here), /healthz and /readyz follow the loop, heartbeat and Fulcrum."""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+
+from agentkube.agent.health_server import AgentProbes, HealthServer, render_metrics
+from agentkube.agent.job_stats import JobStats
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\n"])*"'
+_SAMPLE = re.compile(rf"^(?P<name>{_NAME})(?:\{{(?P<labels>{_LABEL}(?:,{_LABEL})*)?\}})? "
+                     r"(?P<value>NaN|[+-]Inf|-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)$")
+_TYPES = {"counter", "gauge", "summary", "histogram", "untyped"}
+
+
+def strict_parse(text: str) -> dict[str, dict]:
+    """family -> {type, help, samples: [(name, labels, value)]}; raises AssertionError on any bad line."""
+    assert text.endswith("\n"), "exposition must end with a newline"
+    families: dict[str, dict] = {}
+    current = None
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("# HELP "):
+            name, _, help_text = line[7:].partition(" ")
+            assert re.fullmatch(_NAME, name), f"line {n}: bad name {name!r}"
+            assert name not in families, f"line {n}: family {name} repeated"
+            families[name] = {"help": help_text, "type": None, "samples": []}
+            current = name
+        elif line.startswith("# TYPE "):
+            name, _, kind = line[7:].partition(" ")
+            assert name == current and kind in _TYPES, f"line {n}: TYPE {line!r} out of place"
+            families[name]["type"] = kind
+        elif line.startswith("#") or not line:
+            raise AssertionError(f"line {n}: unexpected {line!r}")
+        else:
+            match = _SAMPLE.match(line)
+            assert match, f"line {n}: not a sample: {line!r}"
+            name = match["name"]
+            assert current and name.startswith(current), f"line {n}: sample {name} outside its family"
+            suffix = name[len(current):]
+            kind = families[current]["type"]
+            allowed = {"summary": {"", "_sum", "_count"}, "histogram": {"_bucket", "_sum", "_count"}}.get(kind, {""})
+            assert suffix in allowed, f"line {n}: suffix {suffix!r} not allowed for a {kind}"
+            labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', match["labels"] or ""))
+            families[current]["samples"].append((name, labels, float(match["value"])))
+    return families
+
+
+def parse(text: str) -> dict[str, dict]:
+    families = strict_parse(text)
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+    except ImportError:
+        return families
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert names  # the reference parser accepts it too
+    return families
+
+
+def metrics_snapshot() -> dict:
+    return {"alive": True, "cycles": 3, "cycles_failed": 1, "cycles_overrun": 0, "posts": 42, "drops": 2,
+            "drop_reasons": {"400": 2}, "proxmox_failures": 1, "kamaji_failures": 0, "tenant_failures": 4,
+            "last_duration_s": 2.5, "last_age_s": 1.0, "last_ok": True,
+            "vm_states": {"total": {"running": 5, "stopped": 1, "other": 0},
+                          "services": {'ns/we"ird\\name': {"running": 2, "stopped": 1, "other": 0}}}}
+
+
+def value(families: dict, family: str, **labels: str) -> float:
+    for _name, got, v in families[family]["samples"]:
+        if got == labels:
+            return v
+    raise KeyError((family, labels))
+
+
+def test_metrics_page_parses_and_holds_the_values():
+    stats = JobStats()
+    stats.started()
+    stats.finished("create", True, 12.0)
+    stats.started()
+    stats.finished("create", False, 4.0)
+    stats.started()
+    text = render_metrics(jobs=stats.snapshot(), heartbeat_age_s=1.5, heartbeat_failures=2, fulcrum_age_s=None,
+                          metrics=metrics_snapshot())
+    f = parse(text)
+    assert value(f, "agentkube_jobs_processed_total") == 2
+    assert value(f, "agentkube_jobs_failed_total") == 1
+    assert value(f, "agentkube_jobs_running") == 1
+    assert f["agentkube_job_duration_seconds"]["type"] == "summary"
+    assert ("agentkube_job_duration_seconds_sum", {"action": "create"}, 16.0) in \
+        f["agentkube_job_duration_seconds"]["samples"]
+    assert value(f, "agentkube_heartbeat_age_seconds") == 1.5
+    assert str(value(f, "agentkube_fulcrum_last_success_age_seconds")) == "nan"
+    assert value(f, "agentkube_vms", state="running") == 5
+    assert value(f, "agentkube_service_vms", service='ns/we\\"ird\\\\name', state="stopped") == 1
+    assert value(f, "agentkube_metric_posts_total") == 42
+    assert value(f, "agentkube_metric_drops_total") == 2
+    assert value(f, "agentkube_metric_collection_failures_total", part="tenant") == 4
+
+
+def test_metrics_page_without_a_metrics_loop_still_parses():
+    f = parse(render_metrics(jobs=JobStats().snapshot(), heartbeat_age_s=None, heartbeat_failures=0,
+                             fulcrum_age_s=3.0, metrics=None))
+    assert value(f, "agentkube_metric_drops_total") == 0
+    assert f["agentkube_vms"]["samples"] == []
+
+
+def test_strict_parser_rejects_malformed_text():
+    with pytest.raises(AssertionError):
+        strict_parse("# HELP a x\n# TYPE a counter\na{b=\"c} 1\n")
+    with pytest.raises(AssertionError):
+        strict_parse("# HELP a x\n# TYPE a gauge\na_sum 1\n")
+    with pytest.raises(AssertionError):
+        strict_parse("# HELP a x\n# TYPE a gauge\na 1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_agent(clock: Clock) -> SimpleNamespace:
+    heartbeat = SimpleNamespace(last=clock.now, failures=0)
+    heartbeat.age_s = lambda: None if heartbeat.last is None else clock.now - heartbeat.last
+    return SimpleNamespace(state=SimpleNamespace(last_loop=clock.now, stopping=False), heartbeat=heartbeat,
+                           client=SimpleNamespace(last_success=clock.now), stats=JobStats(), metrics=None)
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode(), resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), e.headers.get("Content-Type", "")
+
+
+@pytest.fixture
+def served():
+    clock = Clock()
+    agent = fake_agent(clock)
+    server = HealthServer(AgentProbes(agent, loop_max_age_s=30, heartbeat_max_age_s=10, fulcrum_max_age_s=60,
+                                      clock=clock), "127.0.0.1", 0).start()
+    yield server, agent, clock
+    server.stop()
+
+
+def test_endpoints_follow_loop_heartbeat_and_fulcrum(served):
+    server, agent, clock = served
+    assert server.host == "127.0.0.1" and server.port > 0
+    assert get(server.url + "/healthz")[0] == 200
+    assert get(server.url + "/readyz")[0] == 200
+    status, body, ctype = get(server.url + "/metrics")
+    assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
+    parse(body)
+
+    clock.now += 11  # heartbeat older than its limit, loop still fresh
+    agent.state.last_loop = clock.now
+    status, body, _ = get(server.url + "/healthz")
+    assert status == 503 and "heartbeat" in body
+    agent.heartbeat.last = clock.now
+    assert get(server.url + "/healthz")[0] == 200
+
+    clock.now += 31  # the loop is stuck
+    agent.heartbeat.last = clock.now
+    status, body, _ = get(server.url + "/healthz")
+    assert status == 503 and "loop" in body
+
+    status, body, _ = get(server.url + "/readyz")  # Fulcrum last answered 42 s ago: still within 60
+    assert status == 200
+    clock.now += 30
+    status, body, _ = get(server.url + "/readyz")
+    assert status == 503 and "Fulcrum" in body
+    agent.client.last_success = None
+    assert get(server.url + "/readyz")[0] == 503
+    assert get(server.url + "/nope")[0] == 404
+
+
+def test_stopping_agent_is_not_healthy(served):
+    server, agent, _ = served
+    agent.state.stopping = True
+    status, body, _ = get(server.url + "/healthz")
+    assert status == 503 and "stopping" in body
