@@ -37,7 +37,8 @@ class Tenant:
 
 
 class MetricsLab:
-    def __init__(self, state_dir: Path, *, proxmox: bool = True):
+    def __init__(self, state_dir: Path, *, proxmox: bool = True, groups: int = 1,
+                 extra_service_types: list[dict] | None = None):
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.ca = LabCA(self.state_dir / "ca")
@@ -45,12 +46,15 @@ class MetricsLab:
         self.kube = KubeEmulator(self.state_dir / "kube", ready_delay=0.0)
         self.pve = PveLab(self.state_dir / "pve") if proxmox else None
         self.catalog: Catalog | None = None
+        self.groups = groups
+        self.extra_service_types = list(extra_service_types or [])
         self.tenants: dict[str, Tenant] = {}
         self._next_vmid = 5000
 
     def start(self) -> MetricsLab:
         self.fulcrum.start()
-        self.catalog = register_catalog(self.fulcrum)
+        self.catalog = register_catalog(self.fulcrum, groups=self.groups,
+                                        extra_service_types=self.extra_service_types)
         self.kube.start()
         self.kube.put_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
         if self.pve is not None:
@@ -111,19 +115,7 @@ class MetricsLab:
         """A tenant as the create playbook leaves it: a Fulcrum service whose agentInstanceId is
         `<namespace>/<name>`, a TCP, `vms` worker VMs tagged like proxmox_vm tags them (running), and as
         many tenant Nodes (the first `ready_nodes` Ready) with `pods` Running pods and one Pending."""
-        assert self.catalog is not None
-        service_id = ""
-        if service:
-            svc = self.fulcrum.create_service(name, self.catalog.service_type_id, self.catalog.group_ids[0],
-                                              self.catalog.agent_id, SPEC)
-            service_id = svc["id"]
-            state = self.fulcrum.state
-            with state.lock:  # what completing the create job with this agentInstanceId leaves
-                state.services[service_id].agent_instance_id = f"{NAMESPACE}/{name}"
-                state.services[service_id].status = "Started"
-                for job in state.jobs.values():
-                    if job.service_id == service_id and job.status == "Pending":
-                        job.status = "Completed"
+        service_id = self.add_service(name, instance_id=f"{NAMESPACE}/{name}")["id"] if service else ""
         tenant = Tenant(name, service_id)
         self.kube.put_object({
             "apiVersion": TCP_API, "kind": "TenantControlPlane", "metadata": {"name": name, "namespace": NAMESPACE},
@@ -139,6 +131,21 @@ class MetricsLab:
         self._pending_nodes = getattr(self, "_pending_nodes", {})
         self._pending_nodes[name] = (ready_nodes if ready_nodes is not None else vms, pods)
         return tenant
+
+    def add_service(self, name: str, *, group: int = 0, service_type_id: str | None = None,
+                    instance_id: str | None = None) -> dict:
+        """A Started Fulcrum service of this agent, as completing its create job leaves it."""
+        assert self.catalog is not None
+        svc = self.fulcrum.create_service(name, service_type_id or self.catalog.service_type_id,
+                                          self.catalog.group_ids[group], self.catalog.agent_id, SPEC)
+        state = self.fulcrum.state
+        with state.lock:
+            state.services[svc["id"]].agent_instance_id = instance_id
+            state.services[svc["id"]].status = "Started"
+            for job in state.jobs.values():
+                if job.service_id == svc["id"] and job.status == "Pending":
+                    job.status = "Completed"
+        return svc
 
     def add_vm(self, name: str, tenant: str, service_id: str, *, status: str = "running", **stats: Any):
         assert self.pve is not None
