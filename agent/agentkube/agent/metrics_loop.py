@@ -42,6 +42,8 @@ class CycleReport:
 
     started_at: float                      # monotonic
     duration_s: float = 0.0
+    collect_s: float = 0.0                 # the playbook's share of duration_s
+    post_s: float = 0.0                    # posting's share
     ok: bool = False                       # the playbook ran and returned a result
     error: str = ""                        # why not
     problems: list[str] = field(default_factory=list)  # parts that failed (proxmox, kamaji, tenants)
@@ -157,6 +159,7 @@ class MetricsLoop:
             idle_timeout_s=self.settings.timeout_s,
         )
         outcome = self.runner.run(run, cancel=self._stop)
+        report.collect_s = time.monotonic() - report.started_at
         if not outcome.ok or not isinstance(outcome.result, dict):
             report.error = outcome.error or "the metrics playbook returned no result"
             return self._finish(report)
@@ -168,7 +171,9 @@ class MetricsLoop:
         report.vm_states = vm_state_counts(result.get("proxmox") or {}, str(result.get("namespace") or ""))
         entries = entries_from_result(result, self.tracker)
         report.entries = len(entries)
+        post_started = time.monotonic()
         report.posted, report.dropped = self.post(entries)
+        report.post_s = time.monotonic() - post_started
         return self._finish(report)
 
     def _finish(self, report: CycleReport) -> CycleReport:

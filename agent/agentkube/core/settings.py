@@ -125,7 +125,7 @@ class MetricsSettings(_Section):
     playbook: str = "playbooks/metrics.yml"
     interval_s: float = Field(60.0, gt=0)
     timeout_s: int = Field(600, gt=0, description="cancel a collection running longer")
-    post_concurrency: int = Field(4, ge=1, le=64, description="metric entries posted at the same time")
+    post_concurrency: int = Field(8, ge=1, le=64, description="metric entries posted at the same time")
     post_attempts: int = Field(3, ge=1, description="attempts of one post before it counts as dropped")
 
     @field_validator("playbook")
