@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 ROLES = Path(__file__).resolve().parents[2] / "roles"
 BIN = Path(sys.executable).parent
-SCENARIOS = ("kamaji_tcp", "kubeadm_node", "proxmox_vm")
+SCENARIOS = ("kamaji_tcp", "kubeadm_node", "proxmox_vm", "tenant_baseline")
 # a string that must never appear in a scenario's output (the bootstrap token of kubeadm_node is checked by
 # tests/integration/test_kubeadm_node_remove.py, where its value is known)
 SECRET_MARKERS = {
