@@ -8,6 +8,7 @@ left behind.
 from __future__ import annotations
 
 import copy
+import logging
 import sys
 import threading
 import time
@@ -65,8 +66,13 @@ class Demo:
 
     def run(self) -> int:
         started = time.monotonic()
+        # fakepve logs every HTTP request at INFO: keep the story readable.
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
         with self.lab:
-            self.say(f"lab up: Fulcrum emulator {self.lab.fulcrum.url}")
+            self.say(f"lab up: Fulcrum emulator {self.lab.fulcrum.url}, Kamaji parent {self.lab.kube.url}, "
+                     f"Proxmox VE {self.lab.pve.url}; workers: "
+                     + ("EMULATED (chroot root filesystems, lab kubeadm emulator)" if self.lab.emulated_workers
+                        else "VMs only, join skipped (agentkube_join_workers: false)"))
             settings = load_settings(self.lab.config_file)
             agent = Agent(settings)
             thread = threading.Thread(target=agent.run, name="agent", daemon=True)

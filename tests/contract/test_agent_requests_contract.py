@@ -18,7 +18,7 @@ from agentkube.lab.lab import Lab
 def test_agent_conversation_matches_the_openapi_contract(tmp_path):
     assert (contracts_dir() / "openapi.yaml").is_file() or validate_request("GET", "/agents/me")  # skips if absent
     custom = service_type_with(["nap", "frobnicate"])
-    with Lab(tmp_path / "lab", groups=3, extra_service_types=[custom]) as lab:
+    with Lab(tmp_path / "lab", groups=3, extra_service_types=[custom], kube=False, pve=False) as lab:
         custom_id = lab.catalog.extra_service_type_ids[custom["name"]]
         lab.fulcrum.put_secret("pw", "vault-value-123456")
         settings = settings_for(lab, runner={"actions": {"nap": str(PLAYBOOKS / "sleep.yml"),

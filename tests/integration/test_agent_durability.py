@@ -34,7 +34,7 @@ VAULT_CANARY = "VAULT-CANARY-0a1b2c3d4e5f"
 @pytest.fixture
 def lab(tmp_path):
     custom = service_type_with(["nap", "leak"])
-    with Lab(tmp_path / "lab", groups=6, extra_service_types=[custom]) as lab:
+    with Lab(tmp_path / "lab", groups=6, extra_service_types=[custom], kube=False, pve=False) as lab:
         lab.custom_type_id = lab.catalog.extra_service_type_ids[custom["name"]]
         yield lab
 
@@ -164,7 +164,7 @@ def leaky_service_type() -> dict:
 
 
 def test_no_secret_in_logs_artifacts_or_process_arguments(tmp_path):
-    with Lab(tmp_path / "lab", extra_service_types=[leaky_service_type()]) as lab:
+    with Lab(tmp_path / "lab", extra_service_types=[leaky_service_type()], kube=False, pve=False) as lab:
         svc = lab.fulcrum.create_service("leaky one", lab.catalog.extra_service_type_ids["leaky"],
                                          lab.catalog.group_ids[0], lab.catalog.agent_id,
                                          {"registryPassword": VAULT_CANARY, "password": CANARY})

@@ -21,7 +21,7 @@ from agentkube.lab.lab import Lab
 @pytest.fixture
 def lab(tmp_path):
     custom = service_type_with(["frobnicate", "nap"])
-    with Lab(tmp_path / "lab", groups=4, extra_service_types=[custom]) as lab:
+    with Lab(tmp_path / "lab", groups=4, extra_service_types=[custom], kube=False, pve=False) as lab:
         lab.custom_type_id = lab.catalog.extra_service_type_ids[custom["name"]]
         yield lab
 

@@ -1,16 +1,30 @@
-"""The lab: everything a deployment talks to, on loopback, with TLS from the lab CA.
+"""The lab: everything a deployment talks to, on loopback, with TLS from the lab CAs.
+
+- the Fulcrum Core emulator (always);
+- the Kubernetes API emulator acting as the Kamaji parent cluster (`kube=True`): TenantControlPlanes
+  become tenant API servers on 127.0.0.1;
+- the Proxmox VE emulator, fakepve (`pve=True`), with one template per supported Kubernetes minor;
+- EMULATED workers (`emulated_workers=True`, needs root and the cached Debian 12 root filesystem): each
+  worker VM gets a root filesystem copy reached with the chroot connection, with the lab kubeadm emulator
+  installed (a real kubelet cannot run here). Without them the playbooks skip the join
+  (`agentkube_join_workers: false` in the generated inventory).
 
 state_dir/
-  ca/                 the lab CA and server certificates
+  ca/                 the lab CA and server certificates (Fulcrum)
+  kube/               the Kubernetes emulator's state and CA; kube/parent.kubeconfig (0600)
+  pve/                fakepve's CA
+  workers/            the emulated workers' root filesystems, one per VM name
   agent-token         the agent's Fulcrum token (0600)
   agent.yaml          agent configuration pointing at the lab (token by file, CA verified)
-  inventory/          hosts.yml + group_vars/all.yml with the operator settings for the lab
+  inventory/          hosts.yml + group_vars/all.yml with the operator settings for the lab (0600: it holds
+                      the lab's Proxmox token secret)
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +36,31 @@ from agentkube.lab.fulcrum_emulator import FulcrumEmulator
 
 log = logging.getLogger(__name__)
 
+REPO = Path(__file__).resolve().parents[3]
+OWNER_TAG = "agentkube"
+MANAGED_BY = "app.kubernetes.io/managed-by=agentkube"
+LAB_CNI_MANIFEST = REPO / "roles" / "tenant_baseline" / "files" / "lab-cni-stand-in.yaml"
+
+
+def rootfs_cache() -> Path:
+    """The cached Debian 12 root filesystem the emulated workers are copied from."""
+    return Path(os.environ.get("AGENTKUBE_ROOTFS_CACHE", REPO / ".cache" / "rootfs" / "debian12"))
+
+
+def emulated_workers_available() -> tuple[bool, str]:
+    """(True, "") when emulated workers can run here, else (False, why not)."""
+    if os.geteuid() != 0:
+        return False, "the chroot connection needs root"
+    if not (rootfs_cache() / "usr" / "bin" / "python3").exists():
+        return False, (f"no cached Debian 12 root filesystem at {rootfs_cache()} "
+                       "(build it with roles/kubeadm_node/molecule/default/build_rootfs.sh)")
+    return True, ""
+
 
 class Lab:
     def __init__(self, state_dir: Path, *, groups: int = 1, operator_vars: dict[str, Any] | None = None,
-                 extra_service_types: list[dict] | None = None):
+                 extra_service_types: list[dict] | None = None, kube: bool = True, pve: bool = True,
+                 emulated_workers: bool | None = None, tcp_ready_delay: float = 1.0):
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ca = LabCA(self.state_dir / "ca")
@@ -34,10 +69,35 @@ class Lab:
         self.operator_vars = dict(operator_vars or {})
         self.extra_service_types = list(extra_service_types or [])
         self.catalog: Catalog | None = None
+        self.kube: Any = None
+        self.pve: Any = None
+        if kube:
+            from agentkube.lab.kube_emulator import KubeEmulator
+
+            self.kube = KubeEmulator(self.state_dir / "kube", ready_delay=tcp_ready_delay)
+        if pve:
+            from agentkube.lab.pve_lab import PveLab
+
+            self.pve = PveLab(self.state_dir / "pve")
+        if emulated_workers is None:
+            emulated_workers = kube and pve and emulated_workers_available()[0]
+        elif emulated_workers:
+            ok, why = emulated_workers_available()
+            if not ok:
+                raise RuntimeError(f"emulated workers are not available: {why}")
+        self.emulated_workers = bool(emulated_workers)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> Lab:
         self.fulcrum.start()
+        try:
+            if self.kube is not None:
+                self.kube.start()
+            if self.pve is not None:
+                self.pve.start()
+        except BaseException:
+            self.stop()
+            raise
         self.catalog = register_catalog(self.fulcrum, groups=self.groups,
                                         extra_service_types=self.extra_service_types)
         self._write_files()
@@ -45,6 +105,10 @@ class Lab:
         return self
 
     def stop(self) -> None:
+        if self.pve is not None:
+            self.pve.stop()
+        if self.kube is not None:
+            self.kube.stop()
         self.fulcrum.stop()
 
     def __enter__(self) -> Lab:
@@ -57,11 +121,37 @@ class Lab:
     @property
     def checked(self) -> list[str]:
         """What leftovers() looks at, for people reading the demo's verdict."""
-        return []
+        checked = []
+        if self.kube is not None:
+            checked.append(f"no TenantControlPlane labelled {MANAGED_BY} in the Kamaji emulator")
+        if self.pve is not None:
+            checked.append(f"no VM tagged {OWNER_TAG} in fakepve")
+        if self.emulated_workers:
+            checked.append("no emulated worker root filesystem")
+        return checked
 
     def leftovers(self) -> list[str]:
         """Infrastructure any agentkube tenant still owns in the lab's emulators."""
-        return []
+        left: list[str] = []
+        if self.kube is not None:
+            for tcp in self.kube.list("kamaji.clastix.io/v1alpha1", "TenantControlPlane", label_selector=MANAGED_BY):
+                meta = tcp["metadata"]
+                left.append(f"TenantControlPlane {meta.get('namespace')}/{meta['name']}")
+        if self.pve is not None:
+            for vm in self.pve.call(self._owned_vms):
+                left.append(f"VM {vm}")
+        if self.emulated_workers and self.workers_dir.exists():
+            left.extend(f"emulated worker root filesystem {p.name}" for p in sorted(self.workers_dir.iterdir()))
+        return left
+
+    def _owned_vms(self) -> list[str]:
+        fake = self.pve.fake
+        names = []
+        for vm in list(fake.vms.values()) if isinstance(fake.vms, dict) else list(fake.vms):
+            tags = str(vm.config.get("tags") or "").replace(",", ";").split(";")
+            if OWNER_TAG in tags and not vm.config.get("template"):
+                names.append(f"{vm.vmid} {vm.config.get('name', '')} on {vm.node}")
+        return names
 
     # -- what the agent and the operator use --------------------------------------------------------
     @property
@@ -76,6 +166,14 @@ class Lab:
     def inventory_dir(self) -> Path:
         return self.state_dir / "inventory"
 
+    @property
+    def parent_kubeconfig(self) -> Path:
+        return self.state_dir / "kube" / "parent.kubeconfig"
+
+    @property
+    def workers_dir(self) -> Path:
+        return self.state_dir / "workers"
+
     def agent_config(self) -> dict[str, Any]:
         return {
             "fulcrum": {"url": self.fulcrum.url, "token_file": str(self.token_file),
@@ -85,18 +183,58 @@ class Lab:
             "runner": {"inventory": str(self.inventory_dir / "hosts.yml")},
         }
 
+    def group_vars(self) -> dict[str, Any]:
+        """The operator settings (inventory group_vars) pointing the playbooks at this lab."""
+        settings: dict[str, Any] = {}
+        if self.kube is not None:
+            settings.update({
+                "kamaji_tcp_kubeconfig": str(self.parent_kubeconfig),
+                "kamaji_tcp_validate_certs": True,
+                "kamaji_tcp_namespace": "kamaji-tenants",
+                "kamaji_tcp_poll_interval": 1,
+                "kamaji_tcp_ready_timeout": 120,
+                "kamaji_tcp_delete_timeout": 60,
+                # The lab's CNI stand-in (a ConfigMap and a namespace, no pods): the lab has no network.
+                "tenant_baseline_cni_manifest_files": {"calico": [str(LAB_CNI_MANIFEST)],
+                                                       "cilium": [str(LAB_CNI_MANIFEST)]},
+                "tenant_baseline_download_dir": str(self.state_dir / "downloads"),
+            })
+        if self.pve is not None:
+            settings.update(self.pve.group_vars())
+        settings["agentkube_join_workers"] = self.emulated_workers
+        if self.emulated_workers:
+            settings.update({
+                # EMULATED workers: a root filesystem per VM, reached with the chroot connection.
+                "agentkube_worker_connection": "lab_chroot",
+                "agentkube_lab_worker_rootfs_cache": str(rootfs_cache()),
+                "agentkube_lab_workers_dir": str(self.workers_dir),
+                "kubeadm_node_manage_services": False,
+                "kubeadm_node_wait_ready": False,
+                "kubeadm_node_install_packages": False,
+                "kubeadm_node_packages_tasks": str(REPO / "playbooks" / "tasks" / "lab_worker_packages.yml"),
+            })
+        settings.update(self.operator_vars)
+        return settings
+
     def _write_files(self) -> None:
         assert self.catalog is not None
         fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(self.catalog.agent_token)
         self.config_file.write_text(yaml.safe_dump(self.agent_config(), sort_keys=False))
+        if self.kube is not None:
+            self.kube.write_kubeconfig(self.parent_kubeconfig)
+        if self.emulated_workers:
+            shutil.rmtree(self.workers_dir, ignore_errors=True)
+            self.workers_dir.mkdir(mode=0o700)
         (self.inventory_dir / "group_vars").mkdir(parents=True, exist_ok=True)
         hosts = {"all": {"hosts": {"localhost": {
             "ansible_connection": "local",
             "ansible_python_interpreter": "{{ ansible_playbook_python }}",
         }}}}
         (self.inventory_dir / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
-        (self.inventory_dir / "group_vars" / "all.yml").write_text(
-            "# Operator settings generated by the lab\n" + yaml.safe_dump(self.operator_vars or {}, sort_keys=True)
-        )
+        path = self.inventory_dir / "group_vars" / "all.yml"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("# Operator settings generated by the lab\n" + yaml.safe_dump(self.group_vars(), sort_keys=True))
+        os.chmod(path, 0o600)
