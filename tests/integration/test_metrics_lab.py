@@ -59,6 +59,9 @@ def test_reported_values_match_the_emulators(lab, tmp_path):
     finally:
         loop.stop()
         runner.close()
+    leaked = [str(f) for f in (tmp_path / "runs").rglob("*") if f.is_file()
+              and lab.pve.token_secret in f.read_text(errors="replace")]
+    assert leaked == []  # the Proxmox token secret never reaches the run's artifacts
     alpha, beta = (lab.tenants[n].service_id for n in ("alpha", "beta"))
     values = posted(lab)
     for i in range(3):

@@ -6,10 +6,12 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from agentkube.adapters.fulcrum_client import FulcrumError, FulcrumUnavailable
 from agentkube.adapters.job_runner import PlaybookOutcome
 from agentkube.agent.metrics_loop import RUN_IDENT, MetricsLoop
-from agentkube.core.settings import MetricsSettings
+from agentkube.core.settings import ConfigError, MetricsSettings, load_settings
 
 RESULT = {
     "namespace": "ns",
@@ -143,3 +145,18 @@ def test_the_interval_thread_runs_cycles_and_counts_overruns():
     assert snap["cycles"] >= 3 and runner.max_active == 1
     assert snap["cycles_overrun"] >= 1
     assert not loop.alive
+
+
+def test_metrics_and_health_settings_defaults_and_field_named_errors(tmp_path):
+    base = {"fulcrum": {"url": "https://fulcrum.example/api/v1", "token": "t"},
+            "agent": {"state_dir": str(tmp_path)}}
+    s = load_settings(overrides=base)
+    assert s.metrics.interval_s == 60 and s.metrics.playbook == "playbooks/metrics.yml"
+    assert s.health.host == "127.0.0.1" and s.health.enabled
+    with pytest.raises(ConfigError) as e:
+        load_settings(overrides={**base, "metrics": {"interval_s": 0, "playbook": "metrics.sh"}})
+    assert "metrics.interval_s (AGENTKUBE_METRICS__INTERVAL_S)" in str(e.value)
+    assert "metrics.playbook" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_settings(overrides={**base, "health": {"port": 70000}})
+    assert "health.port" in str(e.value)
