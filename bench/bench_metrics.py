@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['cycle_s'] / budget:>8.2f} "
               f"{r['proxmox_calls']:>14} {r['parent_calls']:>13} {r['tenant_calls']:>13} {r['entries']:>8} "
               f"{r['posted']:>7} {r['dropped']:>8} {r['problems']:>9}")
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end (other work on the "
+          "machine slows the cycle; the emulators share the bench process)")
     constant_pve = len({r["proxmox_calls"] for r in rows}) == 1
     constant_parent = len({r["parent_calls"] for r in rows}) == 1
     within = all(r["cycle_s"] < budget for r in rows)
