@@ -139,6 +139,3 @@ def chroot_host(rootfs: Path) -> dict:
     return {"ansible_connection": "community.general.chroot", "ansible_host": str(rootfs),
             "ansible_python_interpreter": "/usr/bin/python3"}
 
-
-# Kinds a real tenant API serves that the lab's tenant catalog may not (yet): the baseline's extra manifests
-# use them. A stopgap owned by these tests; a no-op once agentkube.lab serves them itself.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from kubeadm_lab_support import (
     VERSION,
     chroot_host,
@@ -89,6 +90,10 @@ def test_join_never_leaks_the_bootstrap_token_and_deletes_it(cache, lab, tmp_pat
     assert secret not in text and full not in text
     assert _bootstrap_tokens(lab) == []  # deleted after the join
     assert (rootfs / "etc/kubernetes/kubelet.conf").exists()
+    assert not (rootfs / "etc/kubernetes/kubeadm-join.yaml").exists()  # the file holding the token is gone
+    record = (rootfs / "etc/kubernetes/kubeadm-join.redacted.yaml").read_text()
+    assert secret not in record
+    assert yaml.safe_load(record)["discovery"]["bootstrapToken"]["token"] == "REDACTED"
 
     again = run_playbook(tmp_path / "again", _play("joined"), _inventory(rootfs), _vars(lab))
     assert again.rc == 0, again.stdout

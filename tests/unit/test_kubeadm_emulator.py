@@ -111,3 +111,14 @@ def test_reset_removes_the_node_files(tmp_path, tenant, root):
     assert ke.kubeadm_main(["reset", "-f"]) == 0
     assert not (root / "etc/kubernetes/kubelet.conf").exists()
     assert not (root / "var/lib/kubelet").exists()
+
+
+def test_upgrade_node_needs_a_joined_node_and_rewrites_the_kubelet_config_at_the_new_version(
+        tmp_path, tenant, root, capsys):
+    assert ke.kubeadm_main(["upgrade", "node"]) == 1
+    assert "has not joined" in capsys.readouterr().err
+    assert ke.kubeadm_main(["join", "--config", _config(tmp_path, tenant)]) == 0
+    assert "v1.35.7 (join)" in (root / "var/lib/kubelet/config.yaml").read_text().splitlines()[0]
+    ke.install_into_rootfs(root, "v1.36.2")  # the next minor's packages
+    assert ke.kubeadm_main(["upgrade", "node"]) == 0
+    assert "v1.36.2 (upgrade node)" in (root / "var/lib/kubelet/config.yaml").read_text().splitlines()[0]

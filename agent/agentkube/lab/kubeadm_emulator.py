@@ -321,11 +321,13 @@ def write_node_files(server: str, ca_pem: bytes, name: str) -> None:
     write_kubelet_config()
 
 
-def write_kubelet_config() -> None:
+def write_kubelet_config(step: str = "join") -> None:
+    """The kubelet configuration kubeadm writes at `join` and `upgrade node`, stamped with the step and the
+    emulated kubeadm's version (so tests can tell which kubeadm wrote it)."""
     kubelet = _path(KUBELET_DIR)
     kubelet.mkdir(parents=True, exist_ok=True)
     (kubelet / "config.yaml").write_text(
-        f"# written by the {LAB_MARKER} of kubeadm\n"
+        f"# written by the {LAB_MARKER} of kubeadm {lab_version()} ({step})\n"
         "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: systemd\n"
         "authentication:\n  x509:\n    clientCAFile: /etc/kubernetes/pki/ca.crt\n"
     )
@@ -358,7 +360,7 @@ def cmd_reset() -> None:
 def cmd_upgrade_node() -> None:
     if not _path(f"{KUBERNETES_DIR}/kubelet.conf").exists():
         raise KubeadmError("[upgrade] this node has not joined a cluster (no kubelet.conf)")
-    write_kubelet_config()
+    write_kubelet_config("upgrade node")
     print(f"[upgrade] lab emulator: kubelet configuration rewritten for {lab_version()}")
 
 
