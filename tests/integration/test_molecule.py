@@ -22,6 +22,7 @@ SCENARIOS = ("kamaji_tcp", "kubeadm_node", "proxmox_vm", "tenant_baseline")
 # tests/integration/test_kubeadm_node_remove.py, where its value is known)
 SECRET_MARKERS = {
     "kamaji_tcp": "kind: Config",  # the tenant admin kubeconfig
+    "tenant_baseline": "kind: Config",  # the tenant admin kubeconfig
     "proxmox_vm": "PVEAPIToken=",  # the lab's Proxmox token header
 }
 
