@@ -5,6 +5,7 @@ not fatal; metrics collection next to 4 jobs delays no heartbeat."""
 from __future__ import annotations
 
 import itertools
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,11 @@ def metrics_loop(lab: MetricsLab, tmp_path: Path) -> tuple[MetricsLoop, JobRunne
                            verify=settings.fulcrum.verify, retry_attempts=2, retry_max_s=0.1, timeout_s=10)
     runner = JobRunner(settings.runner.project_dir, tmp_path / "runs", Redactor())
     return MetricsLoop(client, runner, settings.metrics, inventory=str(lab.inventory)), runner
+
+
+def http_get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.status, resp.read().decode()
 
 
 def posted(lab: MetricsLab, since: int = 0) -> dict[tuple[str, str, str], float]:
@@ -153,9 +159,15 @@ def test_metrics_next_to_4_jobs_delay_no_heartbeat(tmp_path):
             wait_for(lambda: all(job_done(lab, j["id"]) for j in jobs), 120, what="4 jobs")
             beats = [ts for ts, status in lab.fulcrum.status_history_of(agent_id)[t0:] if status == "Connected"]
             metrics = running.agent.metrics.snapshot()
+            health = {path: http_get(running.agent.health.url + path) for path in ("/healthz", "/readyz", "/metrics")}
         assert all(lab.fulcrum.get_job(j["id"])["status"] == "Completed" for j in jobs)
     assert cycles_during_jobs >= 1 and still_running > 0  # collection really ran next to the jobs
     assert metrics["posts"] > 0 and metrics["drops"] == 0
+    assert health["/healthz"][0] == 200 and health["/readyz"][0] == 200
+    samples = dict(line.rsplit(" ", 1) for line in health["/metrics"][1].splitlines() if not line.startswith("#"))
+    assert float(samples["agentkube_metric_posts_total"]) >= metrics["posts"] > 0
+    assert float(samples["agentkube_jobs_processed_total"]) >= 4
+    assert float(samples['agentkube_service_vms{service="kamaji-tenants/gamma",state="running"}']) == 3
     assert len(beats) >= 4
     gaps = [b - a for a, b in itertools.pairwise(beats)]
     assert max(gaps) < 2 * 0.5, gaps  # no beat later than one interval past its schedule
