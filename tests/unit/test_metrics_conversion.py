@@ -141,3 +141,6 @@ def test_collection_problems_name_the_failed_parts_but_not_sleeping_tenants():
     ok["proxmox"]["ok"] = True
     ok["tenants"] = ok["tenants"][1:]
     assert m.collection_problems(ok) == []
+    unconfigured = copy.deepcopy(ok)
+    unconfigured["kamaji"] = {"ok": False, "configured": False, "error": "not configured", "tcps": []}
+    assert m.collection_problems(unconfigured) == []

@@ -140,8 +140,8 @@ class MetricsLoop:
             c.cycles += 1
             c.cycles_failed += 0 if report.ok else 1
             if report.ok:
-                c.proxmox_failures += 0 if report.proxmox_ok else 1
-                c.kamaji_failures += 0 if report.kamaji_ok else 1
+                c.proxmox_failures += sum(1 for p in report.problems if p.startswith("proxmox:"))
+                c.kamaji_failures += sum(1 for p in report.problems if p.startswith("kamaji:"))
                 c.tenant_failures += sum(1 for p in report.problems if p.startswith("tenant "))
         return report
 

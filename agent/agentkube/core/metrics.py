@@ -3,9 +3,9 @@
 The playbook (playbooks/metrics.yml, role tenant_metrics) returns under `agentkube_result`:
 
     namespace: kamaji-tenants
-    proxmox: {ok, error, sampledAt, vms: [{vmid, name, node, status, tenant, serviceId,
+    proxmox: {ok, error, [configured], sampledAt, vms: [{vmid, name, node, status, tenant, serviceId,
                                           cpu, maxcpu, mem, maxmem, disk, maxdisk, netin, netout}]}
-    kamaji:  {ok, error, tcps: [{namespace, name, status, replicas, readyReplicas}]}
+    kamaji:  {ok, error, [configured], tcps: [{namespace, name, status, replicas, readyReplicas}]}
     tenants: [{namespace, name, queried, reachable, error, nodes: [{name, ready}], podsRunning}]
              (queried false: the control plane is not Ready, e.g. Sleeping; not a failure)
 
@@ -191,11 +191,12 @@ def job_stats(snapshot: dict[str, Any]) -> dict[str, Any]:
 
 
 def collection_problems(result: dict[str, Any]) -> list[str]:
-    """One line per part of the collection that failed: Proxmox, Kamaji, each unreachable tenant."""
+    """One line per part of the collection that failed: Proxmox, Kamaji, each unreachable tenant. A part the
+    operator did not configure (`configured: false`) is not a failure."""
     problems = []
     for part in ("proxmox", "kamaji"):
         section = result.get(part) or {}
-        if not section.get("ok"):
+        if not section.get("ok") and section.get("configured", True):
             problems.append(f"{part}: {section.get('error') or 'not collected'}")
     for tenant in result.get("tenants") or []:
         if tenant.get("queried", True) and not tenant.get("reachable"):
