@@ -9,6 +9,7 @@ import urllib.parse
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.proxmox_api import PveApiError, client_argument_spec, client_from_params
 from ansible.module_utils.proxmox_vm_config import (
+    agent_option,
     boot_disk,
     ipconfig,
     join_tags,
@@ -28,6 +29,7 @@ description:
   - Waits for a VM's lock (e.g. C(clone)) to clear before touching it. Writes only what differs, through
     the asynchronous C(POST .../config) and C(PUT .../resize) whose UPIDs are awaited.
   - With O(cloud_init=false) only sizing and tags are converged (resize of existing VMs).
+  - With O(ip_mode=dhcp) the QEMU guest agent option is enabled too (the address is learned through it).
   - Why not community.proxmox.proxmox_kvm update / proxmox_disk - both act on one VM per task, re-send
     every option, and proxmox_disk waits on tasks with 1 s polling; here all VMs converge in parallel.
 options:
@@ -75,6 +77,9 @@ def wanted_changes(vm: dict, config: dict, p: dict) -> dict:
         )
         if p["ssh_public_keys"]:
             want["sshkeys"] = sshkeys_param(p["ssh_public_keys"])
+        if p["ip_mode"] == "dhcp" and agent_option(config.get("agent")):
+            # A DHCP address is learned through the guest agent: its channel must exist from first boot.
+            want["agent"] = agent_option(config.get("agent"))
         if config.get("net0") and p["bridge"]:
             want["net0"] = net0_value(config["net0"], p["bridge"], p["vlan"])
     changes = {}

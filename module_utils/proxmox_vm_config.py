@@ -91,6 +91,51 @@ def ip_of_ipconfig(value) -> str | None:
     return m.group(1) if m else None
 
 
+MAC_RE = re.compile(r"=((?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2})(?:,|$)")
+
+
+def mac_of(net) -> str:
+    """The MAC address of a netN value (`virtio=BC:24:11:AA:BB:CC,bridge=vmbr0`), lowercase; "" if none."""
+    m = MAC_RE.search(str(net or ""))
+    return m.group(1).lower() if m else ""
+
+
+def guest_ipv4(interfaces, mac: str = "") -> str:
+    """The guest's address from the agent's network-get-interfaces: the first global IPv4 address of the
+    interface with net0's MAC (when known: a Kubernetes node also has cni0, flannel.1, docker0 ...),
+    else of any interface. Loopback and link-local addresses are skipped; "" if there is none yet."""
+    if isinstance(interfaces, dict):
+        interfaces = interfaces.get("result") or []
+    for iface in interfaces or []:
+        if mac and str(iface.get("hardware-address", "")).lower() != mac.lower():
+            continue
+        for addr in iface.get("ip-addresses") or []:
+            if addr.get("ip-address-type") != "ipv4":
+                continue
+            try:
+                ip = ipaddress.IPv4Address(str(addr.get("ip-address", "")))
+            except ValueError:
+                continue
+            if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified):
+                return str(ip)
+    return ""
+
+
+def agent_option(current) -> str | None:
+    """The `agent` option enabling the QEMU guest agent (other properties kept), or None when it is
+    enabled already. DHCP addresses are learned through the agent, so it must be on before first boot."""
+    parts = [p for p in str(current or "").split(",") if p]
+    rest = []
+    for part in parts:
+        key, _, value = part.rpartition("=")
+        if key in ("", "enabled"):
+            if value.strip() in ("1", "true", "on", "yes"):
+                return None
+            continue
+        rest.append(part)
+    return ",".join(["enabled=1", *rest]) if rest else "1"
+
+
 def claimed_ips(config: dict) -> set[str]:
     """Every address a VM config holds or claims: ipconfigN (current and pending) and our marker."""
     found = set()

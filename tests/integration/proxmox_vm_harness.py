@@ -1,13 +1,21 @@
-"""Runs the proxmox_vm role (through ansible-runner) against the fakepve lab, and reads the fake's state."""
+"""Runs the proxmox_vm role (through ansible-runner) against the fakepve lab, and reads the fake's state.
+
+The fake-state helpers take the FakePve itself or a `Snapshot` of it (same attribute names): a snapshot,
+taken in the fake's own thread right after a run, lets a test check that moment later (see `Story`).
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import sys
+import threading
+import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import ansible_runner
 import yaml
@@ -91,8 +99,79 @@ class Tenant:
 # ------------------------------------------------------------------ fake state
 
 
+@dataclass
+class Snapshot:
+    """The fake's VMs (copies), task log and request log at one moment; read like the FakePve."""
+
+    vms: list
+    tasklog: list
+    requests: list
+
+
+def snapshot(lab) -> Snapshot:
+    """Copy the fake's state in its own thread (consistent, not torn by a request being served)."""
+    def take() -> Snapshot:
+        fake = lab.fake
+        vms = [SimpleNamespace(name=vm.name, vmid=vm.vmid, template=vm.template, lock=vm.lock, status=vm.status,
+                               config=dict(vm.config), pending=dict(vm.pending),
+                               agent=dict(vm.agent) if vm.agent else None,
+                               agent_requests=list(vm.agent_requests))
+               for vm in fake.vms]
+        return Snapshot(vms, [dict(t) for t in fake.tasklog], list(fake.requests))
+
+    return lab.call(take)
+
+
+class Story:
+    """A tenant's life as named steps run in order, in a background thread, on a lab no other test uses:
+    each step gets the results of the steps before it, runs the role and returns what its tests check.
+    Tests wait for the step they check with `story[name]`, so the playbook runs are shared by many tests
+    and overlap with the tests of other labs. A step that raises stops the story; the tests of it and of
+    later steps fail, showing its traceback."""
+
+    def __init__(self, steps: list[tuple[str, Callable[[dict], dict]]]):
+        self._steps = steps
+        self._done = {name: threading.Event() for name, _ in steps}
+        self._results: dict[str, dict] = {}
+        self._failure: tuple[str, str] | None = None
+        self._thread = threading.Thread(target=self._run, name="proxmox-vm-story", daemon=True)
+
+    def start(self) -> Story:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        for name, step in self._steps:
+            try:
+                if self._failure is None:
+                    self._results[name] = step(self._results)
+            except Exception:  # noqa: BLE001 - reported to the tests of this and later steps
+                self._failure = (name, traceback.format_exc())
+            self._done[name].set()
+
+    def __getitem__(self, name: str) -> dict:
+        if not self._done[name].wait(1800):
+            raise TimeoutError(f"story step {name!r} did not finish")
+        if name not in self._results:
+            failed, trace = self._failure or ("?", "")
+            raise RuntimeError(f"story step {failed!r} failed, so {name!r} did not run:\n{trace}")
+        return self._results[name]
+
+    def join(self, timeout: float = 1800) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+
 def svc_tag(service_id: str) -> str:
     return "svc-" + service_id.lower()
+
+
+def agent_ipv4(vm) -> str | None:
+    """The IPv4 address the lab's guest agent of this VM reports on eth0 (None while it is down)."""
+    for iface in ((vm.agent or {}).get("interfaces") or []):
+        if iface["name"] == "eth0":
+            return next((a["ip-address"] for a in iface["ip-addresses"] if a["ip-address-type"] == "ipv4"), None)
+    return None
 
 
 def tenant_vms(fake, service_id: str) -> list:

@@ -58,6 +58,36 @@ def test_boot_disk_size_and_ipconfig():
     assert "%0A" in cfg.sshkeys_param(["ssh-ed25519 A a", "ssh-rsa B b"])
 
 
+def test_guest_address_is_the_global_ipv4_of_the_net0_interface():
+    mac = cfg.mac_of("virtio=BC:24:11:AA:BB:CC,bridge=vmbr0,tag=5")
+    assert mac == "bc:24:11:aa:bb:cc" and cfg.mac_of("bridge=vmbr0") == ""
+    answer = {"result": [
+        {"name": "lo", "hardware-address": "00:00:00:00:00:00",
+         "ip-addresses": [{"ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8}]},
+        # A joined Kubernetes node: the CNI bridge may be listed before the NIC.
+        {"name": "cni0", "hardware-address": "0a:58:0a:f4:00:01",
+         "ip-addresses": [{"ip-address": "10.244.0.1", "ip-address-type": "ipv4", "prefix": 24}]},
+        {"name": "eth0", "hardware-address": "BC:24:11:AA:BB:CC",
+         "ip-addresses": [{"ip-address": "fe80::be24:11ff:feaa:bbcc", "ip-address-type": "ipv6", "prefix": 64},
+                          {"ip-address": "169.254.3.4", "ip-address-type": "ipv4", "prefix": 16},
+                          {"ip-address": "10.0.0.210", "ip-address-type": "ipv4", "prefix": 24}]},
+    ]}
+    assert cfg.guest_ipv4(answer, mac) == "10.0.0.210"
+    assert cfg.guest_ipv4(answer) == "10.244.0.1", "without a MAC: the first global IPv4 of any interface"
+    # The NIC has no address yet (DHCP still running): nothing, even though cni0 has one.
+    booting = {"result": [answer["result"][1], {**answer["result"][2], "ip-addresses": []}]}
+    assert cfg.guest_ipv4(booting, mac) == ""
+    assert cfg.guest_ipv4({"result": []}, mac) == "" and cfg.guest_ipv4(None) == ""
+
+
+def test_agent_option_enables_the_guest_agent_keeping_its_other_properties():
+    assert cfg.agent_option(None) == "1"
+    assert cfg.agent_option("0") == "1"
+    assert cfg.agent_option("enabled=0,fstrim_cloned_disks=1") == "enabled=1,fstrim_cloned_disks=1"
+    assert cfg.agent_option("1") is None
+    assert cfg.agent_option("enabled=1,type=virtio") is None
+
+
 def test_transient_and_collision_errors_are_told_apart():
     lock = api.PveApiError(500, "can't lock file '/var/lock/qemu-server/lock-9035.conf' - got timeout")
     taken = api.PveApiError(500, "unable to create VM 4100: config file already exists")

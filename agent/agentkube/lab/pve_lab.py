@@ -5,11 +5,20 @@
 template per supported Kubernetes minor, an API token for the agent, and simulated time: VM disks live
 on a (fake) Ceph RBD storage whose I/O takes `clone_secs` PVE seconds, so clones hold `lock: clone`
 and tasks really run for a while. `.fake` is the FakePve, for fault injection from tests.
+
+Guest agents: a VM with `agent` enabled in its config gets a running QEMU guest agent `agent_delay` PVE
+seconds after each start (the guest booting). Its network-get-interfaces reports eth0 with net0's MAC and
+the address cloud-init gives the guest: the static one of `ipconfig0`, or, with `ip=dhcp` (or none), a
+lease of the lab network's DHCP range (`LabDhcp`: one address per MAC, kept across restarts, free again
+once no VM has that MAC). `lab.guests.agent_delay = None` (every VM) or `lab.guests.silent.add(name)` (one
+VM) is the fault "the guest agent never comes up".
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import re
 import secrets
 import threading
 from pathlib import Path
@@ -23,18 +32,137 @@ VM_STORAGE = "vmstore"
 NODES = ("pve1", "pve2")
 TOKEN_USER = "agentkube@pve"  # noqa: S105 - a user name, not a secret
 TOKEN_NAME = "agent"  # noqa: S105 - the token id; its secret is random per lab start
+# The lab network: the static pool of group_vars() and, disjoint from it, the DHCP server's range.
+LAB_GATEWAY = "10.0.0.1"
+STATIC_POOL = "10.0.0.60-10.0.0.199"
+DHCP_RANGE = "10.0.0.200-10.0.0.250"
+LAB_PREFIX = 24
+# PVE seconds from a VM's start until its guest agent answers (the guest booting).
+AGENT_DELAY = 30.0
+MAC_RE = re.compile(r"=((?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2})(?:,|$)")
+STATIC_IP_RE = re.compile(r"(?:^|,)ip=([0-9.]+)/(\d+)")
 
 
 def template_vmid(minor: str) -> int:
     return TEMPLATE_VMID_BASE + int(minor.split(".")[1])
 
 
+def mac_of(net: object) -> str:
+    """The MAC address of a netN value (`virtio=BC:24:11:..,bridge=vmbr0`), lowercase; "" if none."""
+    m = MAC_RE.search(str(net or ""))
+    return m.group(1).lower() if m else ""
+
+
+def agent_enabled(value: object) -> bool:
+    """PVE's `agent` option: `1`, or `enabled=1,...` (property string)."""
+    for part in str(value or "0").split(","):
+        key, _, val = part.rpartition("=")
+        if key in ("", "enabled"):
+            return val.strip() in ("1", "true", "on", "yes")
+    return False
+
+
+class LabDhcp:
+    """The lab network's DHCP server: one address per MAC, lowest free first, kept across restarts.
+    An address is free again once no VM has the MAC that leased it."""
+
+    def __init__(self, spec: str = DHCP_RANGE, prefix: int = LAB_PREFIX):
+        first, last = (ipaddress.IPv4Address(p.strip()) for p in spec.split("-", 1))
+        if last < first:
+            raise ValueError(f"DHCP range {spec!r} ends before it starts")
+        self.addresses = [str(ipaddress.IPv4Address(i)) for i in range(int(first), int(last) + 1)]
+        self.prefix = prefix
+        self.leases: dict[str, str] = {}
+
+    def lease(self, mac: str, live_macs: set[str]) -> str | None:
+        """The address of `mac` (None when the range is exhausted)."""
+        self.leases = {m: ip for m, ip in self.leases.items() if m in live_macs}
+        if mac not in self.leases:
+            taken = set(self.leases.values())
+            free = next((ip for ip in self.addresses if ip not in taken), None)
+            if free is None:
+                return None
+            self.leases[mac] = free
+        return self.leases[mac]
+
+
+class LabGuests:
+    """What the guests of the lab's VMs do: their agent comes up `agent_delay` PVE seconds after a start
+    (None: never), and reports the address cloud-init configured or a DHCP lease."""
+
+    def __init__(self, agent_delay: float | None = AGENT_DELAY, dhcp: LabDhcp | None = None):
+        self.agent_delay = agent_delay
+        self.dhcp = dhcp or LabDhcp()
+        # Names of VMs whose guest agent never comes up (a fault, like agent_delay None for all).
+        self.silent: set[str] = set()
+
+    def interfaces(self, vm: Any, vms: list) -> list[dict]:
+        """network-get-interfaces of a booted guest: lo, and eth0 with net0's MAC and its address."""
+        mac = mac_of(vm.config.get("net0"))
+        addresses = []
+        static = STATIC_IP_RE.search(str(vm.config.get("ipconfig0") or ""))
+        if static:
+            addresses.append({"ip-address": static.group(1), "ip-address-type": "ipv4",
+                              "prefix": int(static.group(2))})
+        elif mac:
+            leased = self.dhcp.lease(mac, {mac_of(v.config.get("net0")) for v in vms})
+            if leased:
+                addresses.append({"ip-address": leased, "ip-address-type": "ipv4", "prefix": self.dhcp.prefix})
+        if mac:
+            octets = [int(x, 16) for x in mac.split(":")]
+            eui = [octets[0] ^ 2, *octets[1:3], 0xFF, 0xFE, *octets[3:]]
+            link_local = ipaddress.IPv6Address(bytes([0xFE, 0x80, *[0] * 6, *eui]))
+            addresses.append({"ip-address": str(link_local), "ip-address-type": "ipv6", "prefix": 64})
+        return [
+            {"name": "lo", "hardware-address": "00:00:00:00:00:00",
+             "ip-addresses": [{"ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8},
+                              {"ip-address": "::1", "ip-address-type": "ipv6", "prefix": 128}]},
+            {"name": "eth0", "hardware-address": mac or "bc:24:11:00:00:00", "ip-addresses": addresses},
+        ]
+
+
 def _lab_fake_class():
-    """FakePve plus the one VM endpoint the lab needs stateful that fakepve answers generically:
-    `PUT /nodes/{node}/qemu/{vmid}/resize` (grow only, takes the VM config lock, runs as a task)."""
+    """FakePve plus what the lab needs stateful that fakepve answers generically:
+    - `PUT /nodes/{node}/qemu/{vmid}/resize` (grow only, takes the VM config lock, runs as a task);
+    - guest agents that come up after a start (`LabGuests`), and PVE's `No QEMU guest agent configured`
+      for a VM whose config does not enable the agent."""
     from fakepve import FakePve, PveError
 
     class LabPve(FakePve):
+        guests: LabGuests = LabGuests()
+
+        async def _do_start(self, vm, user, p):
+            managed = agent_enabled(vm.config.get("agent")) and vm.status != "running"
+            if managed:
+                vm.agent = None  # a stopped guest's agent is down until the guest has booted again
+            upid = await super()._do_start(vm, user, p)
+            if managed:
+                boots = self.__dict__.setdefault("_lab_boots", set())
+                boot = asyncio.ensure_future(self._lab_guest_boots(vm, upid))
+                boots.add(boot)
+                boot.add_done_callback(boots.discard)
+            return upid
+
+        async def _lab_guest_boots(self, vm, upid):
+            record = self.tasks.get(upid) or {}
+            while record.get("status") != "stopped":
+                await asyncio.sleep(0.01)
+            if record.get("exitstatus") != "OK" or vm.status != "running":
+                return
+            boot = vm.started_at
+            delay = self.guests.agent_delay
+            if delay is None or vm.name in self.guests.silent:
+                return  # the fault: this guest's agent never comes up
+            await self.pause(delay)
+            if vm.status == "running" and vm.started_at == boot and vm in self.vms:
+                vm.agent = {"interfaces": self.guests.interfaces(vm, list(self.vms))}
+
+        async def _agent_call(self, match, values):
+            vm = self.find(values["node"], values["vmid"])
+            if not agent_enabled(vm.config.get("agent")):
+                raise PveError(500, "No QEMU guest agent configured")
+            return await super()._agent_call(match, values)
+
         def _routes_lab_qemu_resize(self):
             return [("PUT", "/nodes/{node}/qemu/{vmid}/resize", self._lab_resize)]
 
@@ -70,8 +198,11 @@ class PveLab:
     """A FakePve on 127.0.0.1 for the lab, the tests and the benchmark."""
 
     def __init__(self, state_dir: Path | str, time_scale: float = 0.01, clone_secs: float = 20.0,
-                 nodes: tuple[str, ...] = NODES):
+                 nodes: tuple[str, ...] = NODES, agent_delay: float | None = AGENT_DELAY,
+                 dhcp_range: str = DHCP_RANGE):
         self.state_dir = Path(state_dir)
+        # The guests' behaviour; `guests.agent_delay` may be changed while the lab runs.
+        self.guests = LabGuests(agent_delay, LabDhcp(dhcp_range))
         self.time_scale = time_scale
         self.clone_secs = clone_secs
         self.nodes = nodes
@@ -93,6 +224,7 @@ class PveLab:
         self.ca_file = str(cert.ca_file)
         self.token_secret = secrets.token_hex(16)
         fake = _lab_fake_class()(host=self.host, port=0)
+        fake.guests = self.guests
         fake.time_scale = self.time_scale
         fake.shutdown_default_timeout = 60
         for node in self.nodes:
@@ -174,8 +306,11 @@ class PveLab:
     def url(self) -> str:
         return f"https://{self.host}:{self.port}"
 
-    def group_vars(self) -> dict:
-        """proxmox_vm_* operator settings pointing at this lab (TLS verified against the lab CA)."""
+    def group_vars(self, ip_mode: str = "static") -> dict:
+        """proxmox_vm_* operator settings pointing at this lab (TLS verified against the lab CA).
+        ip_mode "dhcp": addresses from the lab's DHCP server, learned through the guest agents."""
+        if ip_mode not in ("static", "dhcp"):
+            raise ValueError(f"ip_mode must be static or dhcp, not {ip_mode!r}")
         return {
             "proxmox_vm_api_host": self.host,
             "proxmox_vm_api_port": self.port,
@@ -192,16 +327,19 @@ class PveLab:
             "proxmox_vm_vmid_min": 4100,
             "proxmox_vm_vmid_max": 4999,
             "proxmox_vm_full_clone": True,
-            "proxmox_vm_ip_mode": "static",
-            "proxmox_vm_ip_pool": "10.0.0.60-10.0.0.199",
-            "proxmox_vm_ip_prefix": 24,
-            "proxmox_vm_ip_gateway": "10.0.0.1",
-            "proxmox_vm_nameservers": ["10.0.0.1"],
+            "proxmox_vm_ip_mode": ip_mode,
+            "proxmox_vm_ip_pool": STATIC_POOL,
+            "proxmox_vm_ip_prefix": LAB_PREFIX,
+            "proxmox_vm_ip_gateway": LAB_GATEWAY,
+            "proxmox_vm_nameservers": [LAB_GATEWAY],
             "proxmox_vm_ciuser": "agentkube",
             "proxmox_vm_ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAgentKubeLabKeyOnly lab"],
             # Lab time is scaled: PVE seconds pass time_scale times faster, so waits stay short.
             "proxmox_vm_shutdown_timeout": 60,
             "proxmox_vm_retry_delay": 0.2,
+            # Wall-clock seconds to wait for a guest agent's address (the agent answers after
+            # agent_delay PVE seconds, agent_delay * time_scale real ones).
+            "proxmox_vm_dhcp_timeout": 60,
         }
 
 
