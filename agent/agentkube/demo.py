@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import signal
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from agentkube.agent.loop import Agent
-from agentkube.core.settings import load_settings
 from agentkube.lab.lab import Lab
 
 SPEC: dict[str, Any] = {
@@ -73,15 +73,23 @@ class Demo:
                      f"Proxmox VE {self.lab.pve.url}; workers: "
                      + ("EMULATED (chroot root filesystems, lab kubeadm emulator)" if self.lab.emulated_workers
                         else "VMs only, join skipped (agentkube_join_workers: false)"))
-            settings = load_settings(self.lab.config_file)
-            agent = Agent(settings)
-            thread = threading.Thread(target=agent.run, name="agent", daemon=True)
-            thread.start()
-            try:
-                ok = self._story()
-            finally:
-                agent.request_stop()
-                thread.join(timeout=120)
+            # The agent runs as its own process, as it is deployed (and so it does not share the emulators'
+            # interpreter); its log goes to a file in the lab's state folder.
+            log_path = self.lab.state_dir / "agent.log"
+            with open(log_path, "wb") as agent_log:
+                agent = subprocess.Popen(
+                    [sys.executable, "-m", "agentkube.cli", "run", "--config", str(self.lab.config_file)],
+                    stdout=agent_log, stderr=subprocess.STDOUT, env=_agent_env())
+                self.say(f"agent started (pid {agent.pid}), log: {log_path}")
+                try:
+                    ok = self._story()
+                finally:
+                    agent.send_signal(signal.SIGTERM)
+                    try:
+                        agent.wait(timeout=120)
+                    except subprocess.TimeoutExpired:
+                        agent.kill()
+                        agent.wait()
             leftovers = self.leftovers()
         self._table()
         if leftovers:
@@ -129,6 +137,11 @@ class Demo:
         for title, action, secs, status, detail in self.rows:
             self.say(f"{title:<48} {action:<8} {secs:>8.1f}  {status:<10} {detail}")
         self.say("")
+
+
+def _agent_env() -> dict[str, str]:
+    """The environment for the agent process: the lab's configuration file, not the caller's AGENTKUBE_*."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("AGENTKUBE_")}
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:

@@ -123,3 +123,53 @@ def test_delete_after_a_half_finished_create_leaves_nothing(lab):
     assert tcp(lab, name) is None
     assert owned_vms(lab, name) == []
     assert lab.leftovers() == []
+
+
+def test_stop_sleeps_the_control_plane_start_wakes_it_and_update_scales_and_resizes(lab):
+    spec = copy.deepcopy(SPEC)
+    svc, job = create(lab, "Life Two", spec)
+    name = tenant_name("Life Two", svc["id"])
+    assert job["status"] == "Completed", job.get("errorMessage")
+
+    started = run(lab, svc, "start")
+    assert started["status"] == "Completed", started.get("errorMessage")
+    assert lab.fulcrum.get_service(svc["id"])["status"] == "Started"
+
+    grown = copy.deepcopy(spec)
+    grown["controlPlane"]["replicas"] = 2
+    grown["nodePools"][0].update({"count": 2, "cores": 4, "diskGiB": 30})
+    updated = run(lab, svc, "update", grown)
+    assert updated["status"] == "Completed", updated.get("errorMessage")
+    data = lab.fulcrum.get_service(svc["id"])["agentInstanceData"]
+    assert data["controlPlane"] == {"replicas": 2, "status": "Ready"}
+    assert [n["name"] for n in data["nodes"]] == [f"{name}-default-0", f"{name}-default-1"]
+    vms = [vm for vm in lab.pve.fake.vms if f"tenant-{name}" in str(vm.config.get("tags") or "")]
+    # cores of a running VM change at its next boot (pending); disks grow at once
+    assert {int(vm.pending.get("cores", vm.config["cores"])) for vm in vms} == {4}
+    assert all("size=30G" in str(vm.config["scsi0"]) for vm in vms)
+
+    shrunk = copy.deepcopy(grown)
+    shrunk["nodePools"][0]["diskGiB"] = 20
+    refused = run(lab, svc, "update", shrunk)
+    assert refused["status"] == "Failed"
+    assert "disk" in refused["errorMessage"].lower()
+
+    stopped = run(lab, svc, "stop")
+    assert stopped["status"] == "Completed", stopped.get("errorMessage")
+    service = lab.fulcrum.get_service(svc["id"])
+    assert service["status"] == "Stopped"
+    assert service["agentInstanceData"]["controlPlane"] == {"replicas": 0, "status": "Sleeping"}
+    assert {n["status"] for n in service["agentInstanceData"]["nodes"]} == {"Stopped"}
+    assert service["agentInstanceData"]["kubeconfig"]  # kept while asleep
+    assert tcp(lab, name)["spec"]["controlPlane"]["deployment"]["replicas"] == 0
+
+    again = run(lab, svc, "start")
+    assert again["status"] == "Completed", again.get("errorMessage")
+    data = lab.fulcrum.get_service(svc["id"])["agentInstanceData"]
+    assert data["controlPlane"] == {"replicas": 2, "status": "Ready"}
+    assert all(n["status"] != "Stopped" for n in data["nodes"])
+    assert {int(vm.config["cores"]) for vm in vms} == {4}  # applied by the reboot
+
+    deleted = run(lab, svc, "delete")
+    assert deleted["status"] == "Completed", deleted.get("errorMessage")
+    assert lab.leftovers() == []
