@@ -30,12 +30,6 @@ from agentkube.adapters.job_runner import JobRunner  # noqa: E402
 from agentkube.agent.metrics_loop import MetricsLoop  # noqa: E402
 from agentkube.core.redaction import Redactor  # noqa: E402
 from agentkube.core.settings import MetricsSettings  # noqa: E402
-from agentkube.lab import fulcrum_http  # noqa: E402
-
-# The Fulcrum emulator's handler writes its answers with Nagle's algorithm on: on a keep-alive connection
-# every answer then waits for the client's delayed ACK (~40 ms), which is the emulator, not Fulcrum. The
-# bench turns TCP_NODELAY on for it (--keep-nagle measures the emulator as it is).
-NAGLE_NOTE = "Fulcrum emulator answers with TCP_NODELAY (see --keep-nagle)"
 
 
 def tenant_requests(lab: MetricsLab) -> int:
@@ -57,11 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", default="50,200", help="comma-separated tenant counts, ascending")
     parser.add_argument("--vms", type=int, default=3, help="VMs (and tenant nodes) per tenant")
-    parser.add_argument("--keep-nagle", action="store_true",
-                        help="leave the Fulcrum emulator's Nagle algorithm on (~40 ms per post)")
     args = parser.parse_args(argv)
-    if not args.keep_nagle:
-        fulcrum_http._FulcrumRequestHandler.disable_nagle_algorithm = True
     sizes = [int(s) for s in args.tenants.split(",")]
     logging.basicConfig(level=logging.WARNING)
     default_interval = MetricsSettings().interval_s
@@ -93,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             loop.stop()
             runner.close()
     print(f"one full metrics cycle (collect + convert + post), default interval {default_interval:.0f}s, "
-          f"budget a quarter of it = {budget:.0f}s; {'Nagle kept' if args.keep_nagle else NAGLE_NOTE}")
+          f"budget a quarter of it = {budget:.0f}s")
     print(f"{'tenants':>8} {'VMs':>5} {'cycle s':>8} {'collect':>8} {'post':>6} {'/budget':>8} "
           f"{'proxmox calls':>14} {'parent calls':>13} "
           f"{'tenant calls':>13} {'entries':>8} {'posted':>7} {'dropped':>8} {'problems':>9}")

@@ -122,6 +122,18 @@ def test_fulcrum_outage_during_a_job_is_survived(lab):
     assert lab.fulcrum.get_job(job["id"])["status"] == "Completed"
 
 
+def test_once_gives_up_on_a_lasting_outage_and_keeps_the_result(lab):
+    (svc,) = created(lab)
+    job = lab.fulcrum.request_action(svc["id"], "nap", {"sleep_s": 1})
+    agent = Agent(settings_for(lab, runner={"actions": ACTIONS}, agent={"shutdown_grace_s": 1}))
+    lab.fulcrum.inject(r"/jobs/[^/]+/complete$", status=503, times=None)  # Fulcrum never takes the result
+    assert agent.run(once=True) == 3  # the agent could not finish its work: non-zero, not a hang
+    assert lab.fulcrum.get_job(job["id"])["status"] == "Processing"
+    lab.fulcrum.clear_faults()
+    assert Agent(settings(lab)).run(once=True) == 0  # the kept result is delivered at the next start
+    assert lab.fulcrum.get_job(job["id"])["status"] == "Completed"
+
+
 def test_heartbeats_keep_their_interval_while_4_jobs_run(lab):
     services = created(lab, 4)
     jobs = [lab.fulcrum.request_action(s["id"], "nap", {"sleep_s": 4}) for s in services]

@@ -17,13 +17,14 @@ pytestmark = pytest.mark.integration
 
 ROLES = Path(__file__).resolve().parents[2] / "roles"
 BIN = Path(sys.executable).parent
-SCENARIOS = ("kamaji_tcp", "kubeadm_node", "proxmox_vm", "tenant_baseline")
+SCENARIOS = ("kamaji_tcp", "kubeadm_node", "proxmox_vm", "tenant_baseline", "tenant_metrics")
 # a string that must never appear in a scenario's output (the bootstrap token of kubeadm_node is checked by
 # tests/integration/test_kubeadm_node_remove.py, where its value is known)
 SECRET_MARKERS = {
     "kamaji_tcp": "kind: Config",  # the tenant admin kubeconfig
     "tenant_baseline": "kind: Config",  # the tenant admin kubeconfig
     "proxmox_vm": "PVEAPIToken=",  # the lab's Proxmox token header
+    "tenant_metrics": "PVEAPIToken=",  # the lab's Proxmox token header
 }
 
 

@@ -48,6 +48,13 @@ def test_failure_names_the_task_and_message(runner):
     assert out.error == "task 'Clone the worker VMs' failed on localhost: storage vmstore is full"
 
 
+def test_a_rescued_failure_reports_the_rescue_message(runner):
+    out = runner.run(PlaybookRun("job-2b", str(PLAYBOOKS / "rescued.yml"), _vars()))
+    assert out.status == "failed"
+    assert out.error == ("task 'Explain the timeout' failed on localhost: TenantControlPlane t1 did not become "
+                         "Ready within 300s: last status NotReady (EtcdUnreachable)")
+
+
 def test_vars_file_is_private_and_gone_after_the_run(runner, tmp_path):
     seen = {}
 

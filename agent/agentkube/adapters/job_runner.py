@@ -235,7 +235,9 @@ class _RunState:
         if status == "error":
             return f"playbook {run.playbook} could not run: {self.runner_error}"
         if self.failures:
-            task, host, msg = self.failures[0]
+            # the last failure ended the play: earlier ones may have been handled by a block's rescue,
+            # which then fails with the role's own, clearer message
+            task, host, msg = self.failures[-1]
             first = msg.splitlines()[0][:500] if msg else "failed"
             return f"task '{task}' failed on {host}: {first}"
         return f"playbook {run.playbook} failed (status {status})"

@@ -71,6 +71,7 @@ class Agent:
         self._running: dict[str, Future[Any]] = {}    # service group -> future
         self._running_lock = threading.Lock()
         self._report_lock = threading.Lock()  # one reporter at a time: no result is sent twice
+        self._undelivered_since: float | None = None  # first failed delivery of a result still kept
         self._fatal: Exception | None = None
         self.agent_info: dict[str, Any] = {}
         self.metrics: MetricsLoop | None = None   # tenant metrics (its own thread), see connect()
@@ -131,19 +132,21 @@ class Agent:
                 self.state.last_loop = time.monotonic()
                 self.flush_reports()
                 claimed = self.poll_once()
-                if once and not claimed and not self._busy() and not self.journal.unreported():
-                    break
+                if once and not claimed and not self._busy():
+                    if not self.journal.unreported():
+                        break
+                    stuck = time.monotonic() - (self._undelivered_since or time.monotonic())
+                    if stuck > self.settings.agent.shutdown_grace_s:
+                        raise FulcrumUnavailable(
+                            f"Fulcrum has not taken a result for {stuck:.0f}s; undelivered results stay in the "
+                            "journal and are reported at the next start")
                 self._wake.wait(self.settings.agent.poll_interval_s if not once else 0.2)
                 self._wake.clear()
             self._drain()
         except TokenRejected as e:
             self._fatal = e
-        except FulcrumUnavailable as e:
-            if not self.agent_info:  # never connected
-                self._fatal = e
-            else:
-                log.error("Fulcrum unavailable: %s", e)
-                self._fatal = e
+        except FulcrumUnavailable as e:  # never connected, or --once gave up waiting for Fulcrum
+            self._fatal = e
         finally:
             self.shutdown()
         if isinstance(self._fatal, TokenRejected):
@@ -206,7 +209,9 @@ class Agent:
                 raise
             except FulcrumError as e:
                 log.warning("job %s: result not delivered yet (%s); kept in the journal", result.job_id, e)
+                self._undelivered_since = self._undelivered_since or time.monotonic()
                 return
+            self._undelivered_since = None
             self.journal.mark_reported(result.job_id)
             log.info("job %s: reported %s", result.job_id, result.outcome)
 

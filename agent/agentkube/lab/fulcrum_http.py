@@ -173,6 +173,9 @@ class _FulcrumRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FulcrumCoreEmulator/1.0"
     timeout = 30  # idle keep-alive connections end after this
+    # TCP_NODELAY: with Nagle on, every answer on a keep-alive connection waits for the client's delayed ACK
+    # (~40 ms), a cost of the emulator, not of Core
+    disable_nagle_algorithm = True
     server: FulcrumHTTPServer
 
     def setup(self) -> None:
