@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo test lint unit integration contract molecule bench venv clean
+.PHONY: demo test lint bench venv rootfs clean
 
 venv: $(STAMP)
 
@@ -15,7 +15,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
-demo: venv
+# The Debian 12 root filesystem the lab's emulated workers (and kubeadm_node's molecule scenario) run in.
+# Needs root and debootstrap; without them the demo still runs, its workers are not joined, and it says so.
+ROOTFS ?= .cache/rootfs/debian12
+rootfs:
+	@scripts/system-packages.sh
+	@if [ "$$(id -u)" = 0 ] && command -v debootstrap >/dev/null; then \
+	  roles/kubeadm_node/molecule/default/build_rootfs.sh $(ROOTFS) >/dev/null \
+	    || echo "rootfs: build failed; the demo's workers will not be joined"; \
+	else echo "rootfs: needs root and debootstrap; the demo's workers will not be joined"; fi
+
+demo: venv rootfs
 	$(VENV)/bin/agentkube demo
 
 lint: venv
@@ -24,7 +34,7 @@ lint: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint --profile production playbooks roles
 
 test: lint
-	scripts/system-packages.sh
+	@scripts/system-packages.sh
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -ra
 
 bench: venv

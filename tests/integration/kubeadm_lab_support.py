@@ -18,14 +18,11 @@ import yaml
 from agentkube.lab.kube_emulator import KubeEmulator
 from agentkube.lab.kube_tenant import TenantApi
 from agentkube.lab.kubeadm_emulator import install_into_rootfs
+from agentkube.lab.lab import rootfs_cache
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_ROOTFS = REPO / "roles/kubeadm_node/molecule/default/build_rootfs.sh"
 VERSION = "v1.35.7"
-
-
-def rootfs_cache() -> Path:
-    return Path(os.environ.get("AGENTKUBE_ROOTFS_CACHE", REPO / ".cache/rootfs/debian12"))
 
 
 def require_chroot_lab() -> Path:
