@@ -42,6 +42,12 @@ MANAGED_BY = "app.kubernetes.io/managed-by=agentkube"
 LAB_CNI_MANIFEST = REPO / "roles" / "tenant_baseline" / "files" / "lab-cni-stand-in.yaml"
 
 
+REHEARSAL_SPEC: dict[str, Any] = {
+    "kubernetesVersion": "v1.35.7",
+    "nodePools": [{"name": "default", "count": 1, "cores": 2, "memoryMiB": 2048, "diskGiB": 20}],
+}
+
+
 def rootfs_cache() -> Path:
     """The cached Debian 12 root filesystem the emulated workers are copied from."""
     return Path(os.environ.get("AGENTKUBE_ROOTFS_CACHE", REPO / ".cache" / "rootfs" / "debian12"))
@@ -173,6 +179,12 @@ class Lab:
     @property
     def workers_dir(self) -> Path:
         return self.state_dir / "workers"
+
+    def create_rehearsal_service(self, name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A service of the shipped type in the first group, with its create job Pending (for rehearsals)."""
+        assert self.catalog is not None, "the lab is not started"
+        return self.fulcrum.create_service(name, self.catalog.service_type_id, self.catalog.group_ids[0],
+                                           self.catalog.agent_id, spec or REHEARSAL_SPEC)
 
     def agent_config(self) -> dict[str, Any]:
         return {
