@@ -234,7 +234,7 @@ class Agent:
             if self._stop.is_set() or claimed >= free:
                 break
             with self._running_lock:
-                if job.service.group_id in self._running:
+                if self._slot(job) in self._running:
                     continue  # Core serialises a group; never run two of its jobs here either
             if not self.client.claim(job.id):
                 log.info("job %s: claim refused (someone else has it); skipped", job.id)
@@ -244,21 +244,31 @@ class Agent:
             self._submit(job)
         return claimed
 
+    @staticmethod
+    def _slot(job: Job) -> str:
+        """Jobs of one service group run one at a time (Core serialises them too)."""
+        return job.service.group_id or job.id
+
     def _submit(self, job: Job) -> None:
         with self._running_lock:
             self.stats.started()
-            self._running[job.service.group_id or job.id] = self.pool.submit(self._process, job)
+            self._running[self._slot(job)] = self.pool.submit(self._process, job)
 
     def _process(self, job: Job) -> None:
+        try:
+            self._run_and_record(job)
+        finally:
+            with self._running_lock:
+                self._running.pop(self._slot(job), None)
+            self._wake.set()
+
+    def _run_and_record(self, job: Job) -> None:
         started = time.monotonic()
         try:
             result = self.execute(job)
         except JobCanceled:
             log.warning("job %s (%s) canceled by shutdown; it runs again at the next start", job.id, job.action)
-            with self._running_lock:
-                self._running.pop(job.service.group_id or job.id, None)
             self.stats.finished(job.action, False, time.monotonic() - started)
-            self._wake.set()
             return
         except Exception as e:  # never lose a claimed job: whatever happens, it gets a result
             log.exception("job %s: unexpected error", job.id)
@@ -270,13 +280,10 @@ class Agent:
         self.stats.finished(job.action, result.outcome == "completed", duration)
         log.info("job %s (%s) %s in %.1fs%s", job.id, job.action, result.outcome, duration,
                  f": {result.error_message}" if result.error_message else "")
-        with self._running_lock:
-            self._running.pop(job.service.group_id or job.id, None)
         try:
             self.flush_reports()
         except TokenRejected as e:
             self._token_rejected(e)
-        self._wake.set()
 
     # -- one job ----------------------------------------------------------------------------------
     def execute(self, job: Job) -> JobResult:
