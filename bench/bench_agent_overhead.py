@@ -2,10 +2,11 @@
 -> claimed -> playbook -> reported) against the same playbook run directly with `ansible-playbook`, both
 measured in this run, reported as a ratio (target: under 1.10x).
 
-    python bench/bench_agent_overhead.py [--runs 5] [--playbook PATH --inventory PATH]
+    python bench/bench_agent_overhead.py [--runs 5] [--real]
 
-The default playbook is the test stand-in that sleeps 3 seconds, so the ratio shows the agent's overhead on a
-job of known length; pass a real playbook and its inventory to measure on it instead.
+By default the playbook is the test stand-in that sleeps 3 seconds, so the ratio shows the agent's overhead on a
+job of known length. --real measures the real `playbooks/create.yml` in the full lab (a new tenant with one
+worker per run, through the agent and directly).
 """
 
 from __future__ import annotations
@@ -49,16 +50,19 @@ def direct(playbook: Path, inventory: Path, variables: dict, workdir: Path) -> f
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--playbook", type=Path, default=REPO / "tests" / "playbooks" / "sleep.yml")
-    ap.add_argument("--inventory", type=Path, default=None)
+    ap.add_argument("--real", action="store_true", help="the real create playbook in the full lab")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d, Lab(Path(d) / "lab", groups=1) as lab:
+    playbook = REPO / "playbooks" / "create.yml" if args.real else REPO / "tests" / "playbooks" / "sleep.yml"
+    lab_kwargs = {"emulated_workers": False} if args.real else {"kube": False, "pve": False}
+    with tempfile.TemporaryDirectory() as d, Lab(Path(d) / "lab", groups=1, **lab_kwargs) as lab:
         cfg = lab.agent_config()
-        cfg["runner"]["actions"] = {"create": str(args.playbook)}
-        cfg["tenancy"] = {"validate_spec": False}
+        if not args.real:
+            cfg["runner"]["actions"] = {"create": str(playbook)}
+        cfg["tenancy"] = {"validate_spec": args.real}
         cfg["agent"].update({"poll_interval_s": 0.5, "heartbeat_interval_s": 15})
+        cfg["health"] = {"enabled": False}
         settings = load_settings(overrides=cfg)
-        inventory = args.inventory or Path(cfg["runner"]["inventory"])
+        inventory = Path(cfg["runner"]["inventory"])
         agent = Agent(settings)
         thread = threading.Thread(target=agent.run, daemon=True)
         thread.start()
@@ -73,13 +77,16 @@ def main() -> int:
                     time.sleep(0.01)
                 through_agent.append(time.monotonic() - t0)
                 assert lab.fulcrum.get_job(job["id"])["status"] == "Completed", lab.fulcrum.get_job(job["id"])
-                variables = build_job_vars(Job.from_api(lab.fulcrum.get_job(job["id"])), validate_spec=False)
-                directly.append(direct(args.playbook, inventory, variables, Path(d)))
+                # the same job for another service (a tenant of its own), run directly
+                twin = dict(lab.fulcrum.get_job(job["id"]), id=f"direct-{i}", serviceId=f"direct-{i}")
+                twin["service"] = dict(twin["service"], id=f"direct-service-{i}")
+                variables = build_job_vars(Job.from_api(twin), validate_spec=args.real)
+                directly.append(direct(playbook, inventory, variables, Path(d)))
         finally:
             agent.request_stop()
             thread.join(timeout=60)
     a, b = statistics.median(through_agent), statistics.median(directly)
-    print(f"playbook: {args.playbook.relative_to(REPO) if args.playbook.is_relative_to(REPO) else args.playbook}")
+    print(f"playbook: {playbook.relative_to(REPO)}")
     print(f"through the agent (queued -> reported), median of {args.runs}: {a:.2f}s")
     print(f"ansible-playbook directly, median of {args.runs}:            {b:.2f}s")
     print(f"agent overhead per job: {a - b:+.2f}s; ratio {a / b:.3f}x (target < 1.10x)")
