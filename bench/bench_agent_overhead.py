@@ -2,11 +2,10 @@
 -> claimed -> playbook -> reported) against the same playbook run directly with `ansible-playbook`, both
 measured in this run, reported as a ratio (target: under 1.10x).
 
-    python bench/bench_agent_overhead.py [--runs 5] [--real]
+    python bench/bench_agent_overhead.py [--runs 3] [--stand-in]
 
-By default the playbook is the test stand-in that sleeps 3 seconds, so the ratio shows the agent's overhead on a
-job of known length. --real measures the real `playbooks/create.yml` in the full lab (a new tenant with one
-worker per run, through the agent and directly).
+The playbook is the real `playbooks/create.yml` in the full lab (a new tenant with one worker per run, through
+the agent and directly). --stand-in uses the test playbook that sleeps 3 seconds instead: a job of known length.
 """
 
 from __future__ import annotations
@@ -49,9 +48,10 @@ def direct(playbook: Path, inventory: Path, variables: dict, workdir: Path) -> f
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--real", action="store_true", help="the real create playbook in the full lab")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--stand-in", action="store_true", help="the 3-second test playbook instead of create.yml")
     args = ap.parse_args()
+    args.real = not args.stand_in
     playbook = REPO / "playbooks" / "create.yml" if args.real else REPO / "tests" / "playbooks" / "sleep.yml"
     lab_kwargs = {"emulated_workers": False} if args.real else {"kube": False, "pve": False}
     with tempfile.TemporaryDirectory() as d, Lab(Path(d) / "lab", groups=1, **lab_kwargs) as lab:
