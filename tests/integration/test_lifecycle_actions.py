@@ -61,6 +61,12 @@ def owned_vms(lab: Lab, tenant: str) -> list[tuple[int, str]]:
                   if f"tenant-{tenant}" in str(vm.config.get("tags") or ""))
 
 
+def vm_states(lab: Lab, tenant: str) -> dict[int, tuple]:
+    """vmid -> (name, status, config digest, pending config) of every VM the tenant owns."""
+    return lab.pve.call(lambda: {vm.vmid: (vm.config.get("name"), vm.status, vm.digest(), dict(vm.pending))
+                                 for vm in lab.pve.fake.vms if f"tenant-{tenant}" in str(vm.config.get("tags") or "")})
+
+
 def test_create_reports_the_tenant_then_a_skipped_minor_is_refused_and_delete_leaves_nothing(lab):
     svc, job = create(lab, "Life One", SPEC)
     name = tenant_name("Life One", svc["id"])
@@ -148,11 +154,22 @@ def test_stop_sleeps_the_control_plane_start_wakes_it_and_update_scales_and_resi
     assert {int(vm.pending.get("cores", vm.config["cores"])) for vm in vms} == {4}
     assert all("size=30G" in str(vm.config["scsi0"]) for vm in vms)
 
+    # A disk shrink, asked together with changes that would come first (control plane replicas, a new VM):
+    # refused by update's read-only preflight, before the control plane or any VM is touched.
     shrunk = copy.deepcopy(grown)
-    shrunk["nodePools"][0]["diskGiB"] = 20
+    shrunk["controlPlane"]["replicas"] = 3
+    shrunk["nodePools"][0].update({"count": 3, "diskGiB": 20})
+    tcp_before, vms_before = tcp(lab, name), vm_states(lab, name)
     refused = run(lab, svc, "update", shrunk)
     assert refused["status"] == "Failed"
-    assert "disk" in refused["errorMessage"].lower()
+    message = refused["errorMessage"]
+    assert "nodePools[default].diskGiB" in message and "refused before anything was changed" in message, message
+    assert f"{name}-default-0 (vmid " in message and "is 30 GiB, requested 20 GiB" in message, message
+    tcp_after = tcp(lab, name)
+    assert tcp_after["metadata"]["resourceVersion"] == tcp_before["metadata"]["resourceVersion"]
+    assert tcp_after["spec"] == tcp_before["spec"]
+    assert vm_states(lab, name) == vms_before  # no VM cloned, resized or reconfigured
+    assert lab.fulcrum.get_service(svc["id"])["status"] == "Started"
 
     stopped = run(lab, svc, "stop")
     assert stopped["status"] == "Completed", stopped.get("errorMessage")
