@@ -190,10 +190,6 @@ def test_every_action_run_twice_changes_nothing_the_second_time(lab):
     assert lab.leftovers() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent bug, outside the playbooks: the runner reads the set_stats result from the already scrubbed event "
-    "(adapters/job_runner.py _RunState.observe), and the kubeconfig a job reported joins the redactor "
-    "(agent/loop.py execute), so every later job reports agentInstanceData.kubeconfig as '********'"))
 def test_a_second_run_reports_the_kubeconfig_unscrubbed(lab):
     assert lab.catalog is not None
     svc = lab.fulcrum.create_service("Kube Twice", lab.catalog.service_type_id, lab.catalog.group_ids[0],

@@ -114,6 +114,18 @@ def test_secrets_are_scrubbed_from_artifacts_and_logs(runner, caplog):
     assert "Print the params" in caplog.text
 
 
+def test_a_known_secret_in_the_result_is_reported_whole_but_masked_on_disk(runner):
+    kubeconfig = "apiVersion: v1\nkind: Config\ncurrent-context: KUBECONFIG-CANARY-77"
+    runner.redactor.add(kubeconfig)  # e.g. the previous run's result
+    run = PlaybookRun("job-8", str(PLAYBOOKS / "return_secret.yml"), _vars(params={"kubeconfig": kubeconfig}))
+    out = runner.run(run)
+    assert out.ok, out.error
+    assert out.result == {"agentInstanceData": {"kubeconfig": kubeconfig}}
+    for p in (runner.jobs_dir / "job-8").rglob("*"):
+        if p.is_file():
+            assert "KUBECONFIG-CANARY-77" not in p.read_text(errors="replace"), p
+
+
 def test_rotation_keeps_the_newest_job_dirs(runner):
     for i in range(5):
         runner.run(PlaybookRun(f"rot-{i}", str(PLAYBOOKS / "succeed.yml"), _vars()))

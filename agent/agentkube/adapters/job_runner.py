@@ -118,10 +118,12 @@ class JobRunner:
 
         def on_event(event: dict[str, Any]) -> bool:
             state.last_event = time.monotonic()
-            scrubbed = self.redactor.scrub(event)
+            # the raw event first: the set_stats result must reach Fulcrum whole (a kubeconfig the agent already
+            # knows as a secret too); failure texts from it are scrubbed when the message is built
+            state.observe(event)
+            scrubbed = self.redactor.scrub(event)  # new containers: what observe kept stays raw
             event.clear()
             event.update(scrubbed)  # what ansible-runner writes to job_events is the scrubbed event
-            state.observe(event)
             summary = _summarise(ident, event)
             if summary:
                 self._enqueue(summary)
