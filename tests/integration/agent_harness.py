@@ -3,10 +3,12 @@ agent settings that point at it, with the trivial test playbooks of tests/playbo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,17 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1, what: str 
 
 def job_done(lab: Lab, job_id: str) -> bool:
     return lab.fulcrum.get_job(job_id)["status"] in ("Completed", "Failed")
+
+
+@contextlib.contextmanager
+def lifecycle_lab(state_dir: Path, **lab_kwargs: Any) -> Iterator[Lab]:
+    """A full lab (Fulcrum, Kamaji/Kubernetes, Proxmox) with an in-process agent running the real action
+    playbooks, for the lifecycle tests."""
+    with Lab(state_dir, **lab_kwargs) as lab:
+        cfg = agent_config(lab)
+        cfg["runner"]["actions"] = {}  # the real action playbooks
+        with AgentThread(load_settings(overrides=cfg)):
+            yield lab
 
 
 class AgentThread:

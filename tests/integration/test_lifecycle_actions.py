@@ -8,10 +8,9 @@ from __future__ import annotations
 import copy
 
 import pytest
-from agent_harness import AgentThread, agent_config, job_done, wait_for
+from agent_harness import job_done, lifecycle_lab, wait_for
 
 from agentkube.core.naming import tenant_name
-from agentkube.core.settings import load_settings
 from agentkube.lab.lab import Lab
 
 pytestmark = pytest.mark.integration
@@ -26,12 +25,9 @@ JOB_TIMEOUT = 300
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     # A short Ready timeout, so the "control plane never gets Ready" case fails quickly.
-    with Lab(tmp_path_factory.mktemp("lifecycle") / "lab", tcp_ready_delay=0.2,
-             operator_vars={"kamaji_tcp_ready_timeout": 15}) as lab:
-        cfg = agent_config(lab)
-        cfg["runner"]["actions"] = {}  # the real action playbooks
-        with AgentThread(load_settings(overrides=cfg)):
-            yield lab
+    with lifecycle_lab(tmp_path_factory.mktemp("lifecycle") / "lab", tcp_ready_delay=0.2,
+                       operator_vars={"kamaji_tcp_ready_timeout": 15}) as lab:
+        yield lab
 
 
 def run(lab: Lab, svc: dict, action: str, params: dict | None = None) -> dict:

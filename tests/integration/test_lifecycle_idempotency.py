@@ -23,10 +23,9 @@ import json
 from typing import Any
 
 import pytest
-from agent_harness import AgentThread, agent_config, job_done, wait_for
+from agent_harness import job_done, lifecycle_lab, wait_for
 
 from agentkube.core.naming import tenant_name
-from agentkube.core.settings import load_settings
 from agentkube.lab.lab import Lab
 
 pytestmark = pytest.mark.integration
@@ -43,11 +42,9 @@ STARTS_FROM = {"create": "New", "start": "Stopped", "stop": "Started", "delete":
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    with Lab(tmp_path_factory.mktemp("idempotency") / "lab", kube=True, pve=True, tcp_ready_delay=0.2) as lab:
-        cfg = agent_config(lab)
-        cfg["runner"]["actions"] = {}  # the real action playbooks
-        with AgentThread(load_settings(overrides=cfg)):
-            yield lab
+    with lifecycle_lab(tmp_path_factory.mktemp("idempotency") / "lab", kube=True, pve=True,
+                       tcp_ready_delay=0.2) as lab:
+        yield lab
 
 
 # -- driving the agent ------------------------------------------------------------------------------------------

@@ -9,10 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-from agent_harness import AgentThread, agent_config, job_done, wait_for
+from agent_harness import job_done, lifecycle_lab, wait_for
 
 from agentkube.core.naming import tenant_name
-from agentkube.core.settings import load_settings
 from agentkube.lab.lab import Lab, emulated_workers_available
 
 pytestmark = pytest.mark.integration
@@ -31,11 +30,8 @@ def lab(tmp_path):
     ok, why = emulated_workers_available()
     if not ok:
         pytest.skip(f"emulated workers unavailable: {why}")
-    with Lab(tmp_path / "lab", tcp_ready_delay=0.2, emulated_workers=True) as lab:
-        cfg = agent_config(lab)
-        cfg["runner"]["actions"] = {}  # the real action playbooks
-        with AgentThread(load_settings(overrides=cfg)):
-            yield lab
+    with lifecycle_lab(tmp_path / "lab", tcp_ready_delay=0.2, emulated_workers=True) as lab:
+        yield lab
 
 
 def finish(lab: Lab, job_id: str) -> dict:
