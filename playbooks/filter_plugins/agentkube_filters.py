@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ansible.errors import AnsibleFilterError
 from pydantic import ValidationError
 
+from agentkube.core.naming import tenant_name, tenant_name_belongs
 from agentkube.core.tcp_manifest import TEMPLATE_FILTERS, TcpSettings, deep_merge, parse_minor
 from agentkube.core.tcp_status import describe, reached, version_status
 from agentkube.core.tcp_upgrade import UpgradeRefused, plan_upgrade
@@ -22,6 +24,39 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str):
         return str(value)
     return value
+
+
+def agentkube_tenant_name(service_name: Any, service_id: Any) -> str:
+    """The tenant name derived from the service (naming.tenant_name); a service name that cannot become one
+    fails naming the field, never with a traceback."""
+    if not isinstance(service_id, str) or not service_id:
+        raise AnsibleFilterError("agentkube_service.id: must be a non-empty string")
+    try:
+        return tenant_name(_plain(service_name), str(service_id))
+    except ValueError as e:  # naming's service-name error: says why the name cannot become a tenant name
+        raise AnsibleFilterError(f"agentkube_service.name: {e}") from None
+
+
+def agentkube_tenant_name_belongs(name: Any, service_id: Any) -> bool:
+    """Whether `name` may be this service's tenant name (naming.tenant_name_belongs): a DNS-1035 label ending
+    with the service id's suffix. False, never an error, for anything else (None, a number, a mapping)."""
+    if not isinstance(service_id, str) or not service_id:
+        return False
+    return tenant_name_belongs(_plain(name), str(service_id))
+
+
+SERVICE_ID_LABEL = "agentkube.io/service-id"  # set by templates/tenant-control-plane.yaml.j2
+
+
+def tcps_of_service(resources: Any, service_id: Any) -> list[dict[str, Any]]:
+    """The TCPs (k8s_info resources) whose agentkube.io/service-id label is exactly `service_id`: the label
+    selector's answer is checked again, so a selector the API server read differently never picks a TCP."""
+    wanted = str(service_id)
+    return [
+        r for r in (resources or [])
+        if isinstance(r, dict) and bool(wanted)
+        and ((r.get("metadata") or {}).get("labels") or {}).get(SERVICE_ID_LABEL) == wanted
+    ]
 
 
 def tenant_spec_errors(data: Any, min_version: str = "v1.33", max_version: str = "v1.36") -> list[str]:
@@ -88,6 +123,9 @@ class FilterModule:
         shared = {name: f for name, f in TEMPLATE_FILTERS.items() if name != "to_json"}  # Ansible has its own
         return {
             **shared,
+            "agentkube_tenant_name": agentkube_tenant_name,
+            "agentkube_tenant_name_belongs": agentkube_tenant_name_belongs,
+            "agentkube_tcps_of_service": tcps_of_service,
             "agentkube_tenant_spec": tenant_spec,
             "agentkube_tenant_spec_errors": tenant_spec_errors,
             "agentkube_tcp_settings_errors": tcp_settings_errors,
