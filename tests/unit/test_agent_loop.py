@@ -113,7 +113,7 @@ class FakeRunner:
 
 def make_agent(state_dir: Path, client: FakeClient, runner: FakeRunner, **agent: Any) -> Agent:
     settings = load_settings(overrides={
-        "fulcrum": {"url": "http://127.0.0.1:9/api/v1", "token": TOKEN},
+        "fulcrum": {"url": "https://127.0.0.1:9/api/v1", "token": TOKEN},
         "agent": {"state_dir": str(state_dir), "poll_interval_s": 0.05, "heartbeat_interval_s": 3600,
                   "shutdown_grace_s": 5, **agent},
     })
@@ -345,14 +345,14 @@ def test_a_token_rejected_at_connect_returns_2_and_an_unreachable_fulcrum_3(stat
 
 def test_vault_refs_in_the_agent_configuration_are_resolved_and_redacted(state_dir, events):
     client = FakeClient(events, [[raw_job("j1")]], configuration={
-        "proxmox_vm_api_token_secret": "vault://pve-token", "proxmox_vm_api_url": "https://pve.example:8006"},
+        "proxmox_vm_api_token_secret": "vault://pve-token", "proxmox_vm_api_host": "pve.example"},
         secrets={"pve-token": "pve-secret-value-1"})
     runner = FakeRunner(events)
     agent = make_agent(state_dir, client, runner)
     assert agent.run(once=True) == 0
     (run,) = runner.runs
     assert run.operator_vars == {"proxmox_vm_api_token_secret": "pve-secret-value-1",
-                                 "proxmox_vm_api_url": "https://pve.example:8006"}
+                                 "proxmox_vm_api_host": "pve.example"}
     assert events.index(("secret", "pve-token")) < events.index(("run", "j1"))
     assert agent.redactor.scrub_text("x pve-secret-value-1 y") == f"x {MASK} y"
 
@@ -364,18 +364,3 @@ def test_an_unresolvable_vault_ref_fails_the_job_before_the_playbook(state_dir, 
     (result,) = client.reports
     assert result.error_message.startswith("could not resolve a vault secret for action 'create': ")
     assert runner.runs == []
-
-
-def test_secrets_in_a_result_join_the_redactor(state_dir, events):
-    kubeconfig = "apiVersion: v1\nkind: Config\nusers: [{name: admin, user: {token: abcdef123456}}]"
-
-    def with_kubeconfig(run, cancel):
-        return PlaybookOutcome("successful", 0, {"agentInstanceId": "kamaji-tenants/other",
-                                                 "agentInstanceData": {"kubeconfig": kubeconfig}})
-
-    client = FakeClient(events, [[raw_job("j1")]])
-    agent = make_agent(state_dir, client, FakeRunner(events, with_kubeconfig))
-    assert agent.run(once=True) == 0
-    assert client.reports[0].agent_instance_id == "kamaji-tenants/other"
-    assert client.reports[0].agent_instance_data == {"kubeconfig": kubeconfig}  # Fulcrum gets it: it is the product
-    assert kubeconfig not in agent.redactor.scrub_text(f"log line: {kubeconfig}")

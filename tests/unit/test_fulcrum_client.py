@@ -16,7 +16,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from agentkube.adapters import fulcrum_client
-from agentkube.adapters.fulcrum_client import FulcrumClient, FulcrumError, FulcrumUnavailable, TokenRejected
+from agentkube.adapters.fulcrum_client import (
+    FulcrumClient,
+    FulcrumError,
+    FulcrumUnavailable,
+    MalformedAnswer,
+    TokenRejected,
+)
 from agentkube.core.jobs import JobResult
 from agentkube.lab.certs import LabCA
 from agentkube.lab.fulcrum_catalog import Catalog, register_catalog
@@ -27,6 +33,13 @@ SPEC = {"kubernetesVersion": "v1.35.7", "nodePools": [{"name": "default", "count
 
 
 # -- a scripted server ------------------------------------------------------------------------------------
+class RawBody:
+    """A scripted answer sent as these bytes, not as JSON."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
 class Stub:
     """Answers each (method, path) with its scripted responses in order; the last one repeats.
     Unscripted paths answer 404. Every request is recorded with its headers and query."""
@@ -49,7 +62,7 @@ class Stub:
                     })
                     answers = stub.script.get((self.command, url.path))
                     status, body = (answers.pop(0) if len(answers) > 1 else answers[0]) if answers else (404, {})
-                payload = b"" if body is None else json.dumps(body).encode()
+                payload = b"" if body is None else body.data if isinstance(body, RawBody) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -278,22 +291,48 @@ def test_report_raises_when_the_result_was_not_taken(stub, status, error):
 
 
 # -- jobs, secrets, services ------------------------------------------------------------------------------
+def uid(n: int) -> str:
+    return f"00000000-0000-4000-8000-{n:012d}"
+
+
 def test_pending_jobs_skips_malformed_jobs_and_logs_them(stub, caplog):
-    no_action = {k: v for k, v in job_json("job-2").items() if k != "action"}
-    no_service = {"id": "job-3", "action": "start"}
-    bad_priority = {**job_json("job-4"), "priority": "high"}
-    service_not_object = {**job_json("job-6"), "service": "svc-1"}
-    stub.answer("GET", "/jobs/pending", (200, [job_json("job-1"), no_action, "junk", no_service, bad_priority,
-                                               service_not_object, job_json("job-5", "delete", "group-2")]))
+    no_action = {k: v for k, v in job_json(uid(2)).items() if k != "action"}
+    no_service = {"id": uid(3), "action": "start"}
+    bad_priority = {**job_json(uid(4)), "priority": "high"}
+    service_not_object = {**job_json(uid(6)), "service": "svc-1"}
+    stub.answer("GET", "/jobs/pending", (200, [job_json(uid(1)), no_action, "junk", no_service, bad_priority,
+                                               service_not_object, job_json(uid(5), "delete", "group-2")]))
     with caplog.at_level(logging.ERROR, logger="agentkube.adapters.fulcrum_client"):
         jobs = client_for(stub.url).pending_jobs(limit=7)
     assert [(j.id, j.action, j.service.group_id) for j in jobs] == [
-        ("job-1", "create", "group-1"), ("job-5", "delete", "group-2")]
+        (uid(1), "create", "group-1"), (uid(5), "delete", "group-2")]
     assert jobs[0].params == SPEC
     assert stub.requests[0]["query"] == {"limit": ["7"]}
-    skipped = [r.getMessage() for r in caplog.records if "malformed job" in r.getMessage()]
+    skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
     assert len(skipped) == 5
-    assert any("job-2" in m for m in skipped)
+    assert any(uid(2) in m for m in skipped)
+
+
+@pytest.mark.parametrize("bad_id", ["../../etc", "job-1", "a/b", uid(1) + "\n", 7, None, uid(1).replace("0", "g")])
+def test_a_job_whose_id_is_not_a_uuid_is_skipped_never_claimed(stub, caplog, bad_id):
+    stub.answer("GET", "/jobs/pending", (200, [{**job_json(uid(1)), "id": bad_id}, job_json(uid(9))]))
+    with caplog.at_level(logging.ERROR, logger="agentkube.adapters.fulcrum_client"):
+        jobs = client_for(stub.url).pending_jobs()
+    assert [j.id for j in jobs] == [uid(9)]
+    assert any("not a UUID" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("body", [b"<html>502</html>", b"[" * 100_000, b"[" * 70 + b"]" * 70, b"\xff\xfe"])
+def test_a_malformed_answer_is_a_malformed_answer_error(stub, body):
+    stub.answer("GET", "/jobs/pending", (200, RawBody(body)))
+    with pytest.raises(MalformedAnswer):
+        client_for(stub.url).pending_jobs()
+
+
+def test_job_ids_are_quoted_as_one_url_segment(stub):
+    stub.answer("POST", "/jobs/a%2F..%2Fb/claim", (204, None))
+    assert client_for(stub.url).claim("a/../b") is True
+    assert stub.requests[-1]["path"].endswith("/jobs/a%2F..%2Fb/claim")
 
 
 def test_pending_jobs_refuses_a_non_array(stub):

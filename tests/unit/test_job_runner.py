@@ -59,7 +59,7 @@ def test_vars_file_is_private_and_gone_after_the_run(runner, tmp_path):
     seen = {}
 
     def watch():
-        vf = tmp_path / "jobs" / "job-3" / "job-vars.json"
+        vf = tmp_path / "jobs" / "job-3" / "job-vars.yml"
         for _ in range(400):
             if vf.exists():
                 seen["mode"] = stat.S_IMODE(vf.stat().st_mode)
@@ -72,9 +72,9 @@ def test_vars_file_is_private_and_gone_after_the_run(runner, tmp_path):
     t.join()
     assert out.ok
     assert seen.get("mode") == 0o600
-    assert not list((tmp_path / "jobs" / "job-3").glob("*-vars.json"))
+    assert not list((tmp_path / "jobs" / "job-3").glob("*-vars.yml"))
     command = json.loads((out.artifact_dir / "command").read_text())
-    assert "job-vars.json" in " ".join(command["command"])  # passed as a file, never as values
+    assert "job-vars.yml" in " ".join(command["command"])  # passed as a file, never as values
 
 
 def test_timeout_cancels_and_says_so(runner):

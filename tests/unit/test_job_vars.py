@@ -5,14 +5,23 @@ custom actions raw), vault refs, and the tenant spec's field errors not covered 
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
 
-from agentkube.core.job_vars import JobInputError, build_job_vars, substitute_vault, tenant_spec_for, vault_refs
+from agentkube.core import shipped
+from agentkube.core.job_vars import (
+    JobInputError,
+    build_job_vars,
+    secret_paths,
+    substitute_vault,
+    tenant_spec_for,
+    vault_refs,
+)
 from agentkube.core.jobs import Job, JobResult, Service
 from agentkube.core.naming import tenant_name
-from agentkube.core.tenant_spec import SpecError, validate_tenant_spec
+from agentkube.core.tenant_spec import SpecError, TenantLimits, validate_tenant_spec
 
 SPEC = {"kubernetesVersion": "v1.35.7", "nodePools": [{"name": "default", "count": 1}]}
 OLD_SPEC = {"kubernetesVersion": "v1.30.2", "nodePools": []}  # outside the default window (1.33 to 1.36)
@@ -169,8 +178,37 @@ def test_without_spec_validation_every_action_is_raw():
 
 def test_a_job_without_a_service_id_is_refused():
     j = Job(id="j", action="create", service=Service(id="", name="x", group_id="g"), params=SPEC)
-    with pytest.raises(JobInputError, match=r"^service\.id: missing$"):
+    with pytest.raises(JobInputError, match=r"^service\.id: '' is not an id"):
         build_job_vars(j)
+
+
+@pytest.mark.parametrize(("service", "field"), [
+    ({"id": "../../x"}, "service.id"), ({"id": "a" * 64}, "service.id"), ({"id": "x\n"}, "service.id"),
+    ({"groupId": "g/../.."}, "service.groupId"),
+    ({"name": ""}, "service.name"), ({"name": "web\n{{ x }}"}, "service.name"), ({"name": "x" * 256}, "service.name"),
+])
+def test_ids_and_names_that_cannot_become_labels_or_tenant_names_are_refused(service, field):
+    s = {"id": SERVICE_ID, "name": "Team A", "group_id": "g1"}
+    s.update({("group_id" if k == "groupId" else k): v for k, v in service.items()})
+    j = Job(id="j", action="create", service=Service(**s), params=SPEC)
+    with pytest.raises(JobInputError, match=rf"^{re.escape(field)}: "):
+        build_job_vars(j)
+
+
+def test_the_recorded_tenant_name_survives_a_rename():
+    first = build_job_vars(job("create", SPEC))["agentkube_tenant_name"]
+    renamed = job("update", SPEC, SPEC, name="Renamed", agentInstanceData={"tenantName": first})
+    assert build_job_vars(renamed)["agentkube_tenant_name"] == first
+    assert build_job_vars(job("update", SPEC, SPEC, name="Renamed"))["agentkube_tenant_name"] != first
+
+
+def test_operator_limits_are_applied_to_create_and_update_only():
+    big = {"kubernetesVersion": "v1.35.7", "nodePools": [{"name": f"p{i}", "count": 50} for i in range(3)]}
+    with pytest.raises(JobInputError, match=r"params\.nodePools: 150 workers in all exceed the limit of 100"):
+        build_job_vars(job("create", big))
+    with pytest.raises(JobInputError, match=r"params\.nodePools: 3 pools exceed the limit of 2"):
+        build_job_vars(job("create", big), limits=TenantLimits(max_node_pools=2, max_workers=1000))
+    assert build_job_vars(job("delete", None, big))["agentkube_tenant"]["nodePools"][2]["count"] == 50
 
 
 def test_tenant_spec_for_leaves_the_job_untouched():
@@ -188,24 +226,36 @@ DOC = {
 }
 
 
-def test_vault_refs_finds_every_reference():
-    assert vault_refs(DOC) == {"pve/token", "ssh-key"}
-    assert vault_refs({}) == set()
-    assert vault_refs([]) == set()
-    assert vault_refs("vault://x") == {"x"}
-    assert vault_refs(42) == set()
+SECRET_PATHS = {("proxmox_vm_api_token_secret",), ("nested", "key")}
 
 
-def test_substitute_vault_replaces_resolved_refs_and_keeps_the_input():
+def test_vault_refs_are_found_only_at_secret_paths():
+    assert vault_refs(DOC, SECRET_PATHS) == {"pve/token"}
+    assert vault_refs(DOC, set()) == set()
+    assert vault_refs({}, SECRET_PATHS) == set()
+    assert vault_refs({"nested": {"key": "vault://k"}}, SECRET_PATHS) == {"k"}
+    assert vault_refs({"nested": "vault://x"}, SECRET_PATHS) == set()
+
+
+def test_substitute_vault_replaces_only_at_secret_paths_and_keeps_the_input():
     before = copy.deepcopy(DOC)
-    out = substitute_vault(DOC, {"pve/token": "pve-secret", "ssh-key": "-----BEGIN KEY-----"})
+    out = substitute_vault(DOC, SECRET_PATHS, {"pve/token": "pve-secret", "ssh-key": "-----BEGIN KEY-----"})
     assert before == DOC
     assert out["proxmox_vm_api_token_secret"] == "pve-secret"
-    assert out["nested"]["list"] == ["plain", "-----BEGIN KEY-----", {"deep": "pve-secret"}]
+    assert out["nested"]["list"] == ["plain", "vault://ssh-key", {"deep": "vault://pve/token"}]  # not secret paths
     assert out["nested"]["n"] == 3
-    assert out["nested"]["none"] is None
     assert out["mid_string"] == "see vault://not-a-ref"
-    assert substitute_vault(DOC, {})["proxmox_vm_api_token_secret"] == "vault://pve/token"  # unresolved stays
+    assert substitute_vault(DOC, SECRET_PATHS, {})["proxmox_vm_api_token_secret"] == "vault://pve/token"
+
+
+def test_secret_paths_follow_the_schema_and_the_shipped_service_type_has_none():
+    schema = {"properties": {"password": {"type": "string", "secret": {"type": "ephemeral"}},
+                             "db": {"type": "object", "properties": {"dsn": {"type": "string",
+                                                                             "secret": {"type": "persistent"}}}},
+                             "name": {"type": "string"}}}
+    assert secret_paths(schema) == {("password",), ("db", "dsn")}
+    assert secret_paths(shipped.property_schema()) == set()
+    assert secret_paths(shipped.configuration_schema()) == {("proxmox_vm_api_token_secret",)}
 
 
 # -- tenant spec errors not covered by test_cli_render_validate --------------------------------------------

@@ -60,12 +60,12 @@ def test_defaults(monkeypatch, tmp_path):
 
 def test_the_file_is_read_and_the_environment_wins(tmp_path, monkeypatch):
     path = config_file(tmp_path, {
-        "fulcrum": {"url": "http://file.example/api/v1", "token": "from-file-token"},
+        "fulcrum": {"url": "https://file.example/api/v1", "token": "from-file-token"},
         "agent": {"poll_interval_s": 3, "max_concurrent_jobs": 6},
     })
     s = load_settings(path)
     assert (s.fulcrum.url, s.agent.poll_interval_s, s.agent.max_concurrent_jobs) == (
-        "http://file.example/api/v1", 3.0, 6)
+        "https://file.example/api/v1", 3.0, 6)
     monkeypatch.setenv("AGENTKUBE_FULCRUM__URL", URL)
     monkeypatch.setenv("AGENTKUBE_AGENT__POLL_INTERVAL_S", "0.5")
     s = load_settings(path)
@@ -96,6 +96,28 @@ def test_a_missing_token_file_is_named(tmp_path):
     message = config_error(overrides={"fulcrum": {"url": URL, "token_file": str(missing)}})
     assert "setting fulcrum (AGENTKUBE_FULCRUM)" in message
     assert f"token_file {missing}: No such file or directory" in message
+
+
+def test_plain_http_is_refused_unless_explicitly_allowed():
+    message = config_error(overrides={"fulcrum": {"url": "http://fulcrum.example/api/v1", "token": TOKEN}})
+    assert "must be https:// (set allow_insecure_http: true" in message
+    s = load_settings(overrides={"fulcrum": {"url": "http://fulcrum.example/api/v1", "token": TOKEN,
+                                             "allow_insecure_http": True}})
+    assert s.fulcrum.url == "http://fulcrum.example/api/v1"
+
+
+def test_tenant_limits_are_operator_settings():
+    s = load_settings(overrides={"fulcrum": {"url": URL, "token": TOKEN},
+                                 "tenancy": {"limits": {"max_workers": 5,
+                                                        "control_plane_address_ranges": ["203.0.113.0/24"]}}})
+    assert s.tenancy.limits.max_workers == 5
+    assert s.tenancy.limits.address_problem("203.0.113.7") == ""
+    assert "outside the allowed ranges (203.0.113.0/24)" in s.tenancy.limits.address_problem("10.0.0.5")
+    assert "setting tenancy.limits.max_cluster" in config_error(
+        overrides={"fulcrum": {"url": URL, "token": TOKEN}, "tenancy": {"limits": {"max_cluster": 1}}})
+    message = config_error(overrides={"fulcrum": {"url": URL, "token": TOKEN},
+                                      "tenancy": {"limits": {"max_workers": -1}}})
+    assert "setting tenancy.limits.max_workers (AGENTKUBE_TENANCY__LIMITS__MAX_WORKERS)" in message
 
 
 @pytest.mark.parametrize("fulcrum", [{"url": URL}, {"url": URL, "token": ""}])

@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from agentkube.core import tcp_manifest
-from agentkube.core.naming import tenant_name
+from agentkube.core.naming import ServiceNameError, tenant_name
 from agentkube.core.tcp_manifest import (
     TcpSettings,
     datastore_schema,
@@ -117,8 +117,8 @@ def test_settings_choose_namespace_and_datastore():
 
 
 def test_hostile_strings_stay_strings():
-    tcp = render_tcp(spec(), 'name: "x"\n  evil: {a: 1}', "id-1")
-    assert tcp["metadata"]["annotations"]["agentkube.io/service-name"] == 'name: "x"\n  evil: {a: 1}'
+    tcp = render_tcp(spec(), 'name: "x"  evil: {a: 1} {{ 7*7 }}', "id-1")
+    assert tcp["metadata"]["annotations"]["agentkube.io/service-name"] == 'name: "x"  evil: {a: 1} {{ 7*7 }}'
     assert set(tcp["metadata"]) == {"name", "namespace", "labels", "annotations"}
 
 
@@ -260,9 +260,14 @@ def test_argument_specs_defaults_equal_defaults_main():
 
 
 @pytest.mark.parametrize(
-    "text",
-    ["émoji 🚀 name", "line\nbreak", "nel\x85sep\u2028par\u2029", "ctl\x01\x7f\x9f", "bom\ufeff", 'q"uo\\te', "#: -"],
+    "text", ["émoji 🚀 name", "sep\u2028par\u2029", 'q"uo\\te', "#: -", "{% raw %}", "*anchor &a !!python/object"],
 )
 def test_any_string_survives_the_template(text):
     tcp = render_tcp(spec(), text, "id-1")
     assert tcp["metadata"]["annotations"]["agentkube.io/service-name"] == text
+
+
+@pytest.mark.parametrize("text", ["line\nbreak", "nel\x85", "ctl\x01\x7f\x9f", "bom\ufeff", "bidi\u202eevil", ""])
+def test_a_service_name_with_control_characters_is_refused(text):
+    with pytest.raises(ServiceNameError):
+        render_tcp(spec(), text, "id-1")

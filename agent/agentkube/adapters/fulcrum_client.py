@@ -14,9 +14,12 @@ from urllib.parse import quote
 
 import requests
 
+from agentkube.core.job_vars import is_core_id
 from agentkube.core.jobs import Job, JobResult
 
 log = logging.getLogger(__name__)
+
+MAX_ANSWER_DEPTH = 64  # deeper JSON from Fulcrum is refused (no Fulcrum document nests like that)
 
 
 class FulcrumError(Exception):
@@ -33,6 +36,33 @@ class TokenRejected(FulcrumError):
 
 class FulcrumUnavailable(FulcrumError):
     """Connection errors or 5xx that outlasted the retries."""
+
+
+class MalformedAnswer(FulcrumError):
+    """Fulcrum answered 2xx with something that is not the JSON the contract promises."""
+
+
+def decode(resp: requests.Response, what: str) -> Any:
+    """The answer's JSON; MalformedAnswer when it is not JSON or nests deeper than MAX_ANSWER_DEPTH."""
+    try:
+        data = resp.json()
+    except (ValueError, RecursionError) as e:
+        raise MalformedAnswer(f"{what}: the answer is not JSON ({type(e).__name__})") from None
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_ANSWER_DEPTH:
+            raise MalformedAnswer(f"{what}: the answer nests deeper than {MAX_ANSWER_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return data
+
+
+def segment(value: str) -> str:
+    """One URL path segment: everything quoted, '/' included."""
+    return quote(str(value), safe="")
 
 
 class FulcrumClient:
@@ -117,28 +147,36 @@ class FulcrumClient:
 
     # -- the agent contract ---------------------------------------------------------------------------
     def get_me(self) -> dict[str, Any]:
-        return self.request("GET", "/agents/me").json()
+        me = decode(self.request("GET", "/agents/me"), "GET /agents/me")
+        if not isinstance(me, dict):
+            raise MalformedAnswer("GET /agents/me: the answer is not a JSON object")
+        return me
 
     def set_status(self, status: str, *, attempts: int | None = None) -> None:
         self.request("PUT", "/agents/me/status", json={"status": status}, attempts=attempts)
 
     def pending_jobs(self, limit: int = 10) -> list[Job]:
-        raw = self.request("GET", "/jobs/pending", params={"limit": limit}).json()
+        """The pending jobs Fulcrum offers. A malformed job, or one whose id is not a Fulcrum UUID, is logged and
+        skipped: it is never claimed, and its id never becomes a path or a URL."""
+        raw = decode(self.request("GET", "/jobs/pending", params={"limit": limit}), "GET /jobs/pending")
         if not isinstance(raw, list):
-            raise FulcrumError("GET /jobs/pending did not return a JSON array")
+            raise MalformedAnswer("GET /jobs/pending did not return a JSON array")
         jobs = []
         for item in raw:
+            raw_id = item.get("id") if isinstance(item, dict) else None
+            if not is_core_id(raw_id):
+                log.error("skipping a job from Fulcrum whose id is not a UUID: %.80r", raw_id)
+                continue
             try:
                 jobs.append(Job.from_api(item))
             except (KeyError, TypeError, ValueError) as e:
-                log.error("skipping malformed job from Fulcrum (%s): missing or bad field %s",
-                          item.get("id") if isinstance(item, dict) else "?", e)
+                log.error("skipping malformed job %s from Fulcrum: missing or bad field %s", raw_id, e)
         return jobs
 
     def claim(self, job_id: str) -> bool:
         """True if this agent now owns the job; False when Core says it is no longer Pending (400/404/409)."""
         try:
-            self.request("POST", f"/jobs/{quote(job_id)}/claim", ok=(200, 204))
+            self.request("POST", f"/jobs/{segment(job_id)}/claim", ok=(200, 204))
         except TokenRejected:
             raise
         except FulcrumError as e:
@@ -152,10 +190,10 @@ class FulcrumClient:
         or timed out): there is nothing left to deliver, so it is logged and treated as delivered."""
         try:
             if result.outcome == "completed":
-                self.request("POST", f"/jobs/{quote(result.job_id)}/complete", json=result.complete_body(),
+                self.request("POST", f"/jobs/{segment(result.job_id)}/complete", json=result.complete_body(),
                              ok=(200, 204))
             else:
-                self.request("POST", f"/jobs/{quote(result.job_id)}/fail",
+                self.request("POST", f"/jobs/{segment(result.job_id)}/fail",
                              json={"errorMessage": result.error_message}, ok=(200, 204))
         except FulcrumError as e:
             if isinstance(e, TokenRejected | FulcrumUnavailable) or e.status not in (400, 404, 409):
@@ -164,7 +202,7 @@ class FulcrumClient:
                         result.job_id, result.outcome, e)
 
     def resolve_secret(self, ref: str) -> str:
-        raw = self.request("GET", f"/vault/secrets/{quote(ref, safe='')}").json()
+        raw = decode(self.request("GET", f"/vault/secrets/{segment(ref)}"), "GET /vault/secrets/<ref>")
         value = raw.get("value") if isinstance(raw, dict) else None
         if not isinstance(value, str):
             raise FulcrumError(f"vault secret {ref!r} has no string value")
@@ -177,8 +215,11 @@ class FulcrumClient:
         out: list[dict[str, Any]] = []
         page = 1
         while True:
-            raw = self.request("GET", "/services", params={"page": page, "pageSize": page_size}).json()
-            out += raw.get("items") or []
+            raw = decode(self.request("GET", "/services", params={"page": page, "pageSize": page_size}),
+                         "GET /services")
+            if not isinstance(raw, dict) or not isinstance(raw.get("items") or [], list):
+                raise MalformedAnswer("GET /services: the answer is not a page of services")
+            out += [svc for svc in raw.get("items") or [] if isinstance(svc, dict)]
             if not raw.get("hasNext"):
                 return out
             page += 1

@@ -1,9 +1,12 @@
 """Runs one playbook for one job through ansible-runner. Knows ansible-runner, nothing about Fulcrum.
 
-Per run: a fresh private data directory (ident = job id), the variables in a 0600 vars file passed as
-`-e @file` (never as values on the command line), `suppress_env_files`, secrets scrubbed from events before
-they are written and from every artifact afterwards, a job timeout, an idle timeout and cancellation, events
-streamed to JSON logs through a non-blocking queue, and the result read from `set_stats`.
+Per run: a fresh private data directory (ident = job id, checked to stay inside the jobs directory), the
+variables in 0600 vars files passed as `-e @file` (never as values on the command line), written as data that
+Ansible never templates (agentkube.core.untrusted_yaml), `suppress_env_files`, `extra_env` handed to the child
+through a file that the exec wrapper deletes (never recorded in `artifacts/<ident>/command`), secrets scrubbed from
+events before they are written (the result's secrets learnt first) and from every artifact afterwards, a job
+timeout, an idle timeout and cancellation, events streamed to JSON logs through a non-blocking queue, and the
+result read from `set_stats`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import sys
 import threading
@@ -21,13 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import ansible_runner
+import ansible_runner.interface
 
-from agentkube.core.redaction import Redactor
+from agentkube.core.redaction import Redactor, secret_values_in
+from agentkube.core.untrusted_yaml import dump_untrusted
 
 log = logging.getLogger(__name__)
 event_log = logging.getLogger("agentkube.events")
 
 RESULT_KEY = "agentkube_result"
+IDENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a job id (UUID) or the agent's own run names
+VARS_HEADER = "Written by the agentkube job runner; every value is data (never templated)."
+
+
+class UnsafeIdent(ValueError):
+    """A run identifier that would not name a folder inside the jobs directory."""
 
 
 @dataclass
@@ -72,6 +84,7 @@ class JobRunner:
         self.redactor = redactor
         self.keep_artifacts = keep_artifacts
         self.extra_env = dict(extra_env or {})
+        self.redactor.add(*self.extra_env.values())
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=event_queue_size)
         self.events_dropped = 0
         self._logger = threading.Thread(target=self._drain_events, name="runner-events", daemon=True)
@@ -97,20 +110,27 @@ class JobRunner:
 
     # -- the run ----------------------------------------------------------------------------------
     def private_dir(self, ident: str) -> Path:
-        return self.jobs_dir / ident
+        """The run's folder: directly inside the jobs directory, whatever the ident holds."""
+        if not isinstance(ident, str) or not IDENT_RE.fullmatch(ident):
+            raise UnsafeIdent(f"run ident {ident!r} is not a safe folder name")
+        root = self.jobs_dir.resolve()
+        pdir = (root / ident).resolve()
+        if pdir.parent != root:
+            raise UnsafeIdent(f"run ident {ident!r} leaves the jobs directory")
+        return pdir
 
     def run(self, run: PlaybookRun, cancel: threading.Event | None = None) -> PlaybookOutcome:
         started = time.monotonic()
         pdir = self.private_dir(run.ident)
-        if pdir.exists():
+        if pdir.is_symlink():
+            pdir.unlink()
+        elif pdir.exists():
             shutil.rmtree(pdir)  # a re-run after a crash starts clean
         pdir.mkdir(parents=True, mode=0o700)
-        vars_file = pdir / "job-vars.json"
-        _write_private(vars_file, run.variables)
+        vars_file = write_vars_file(pdir / "job-vars.yml", run.variables)
         cmdline = f"-e @{vars_file}"
         if run.operator_vars:
-            op_file = pdir / "operator-vars.json"
-            _write_private(op_file, run.operator_vars)
+            op_file = write_vars_file(pdir / "operator-vars.yml", run.operator_vars)
             cmdline = f"-e @{op_file} " + cmdline
 
         state = _RunState(started, run.timeout_s, run.idle_timeout_s, cancel)
@@ -121,6 +141,9 @@ class JobRunner:
             # the raw event first: the set_stats result must reach Fulcrum whole (a kubeconfig the agent already
             # knows as a secret too); failure texts from it are scrubbed when the message is built
             state.observe(event)
+            if state.result is not None and not state.result_learnt:
+                self.redactor.add(*secret_values_in(state.result))  # before this event or any artifact is written
+                state.result_learnt = True
             scrubbed = self.redactor.scrub(event)  # new containers: what observe kept stays raw
             event.clear()
             event.update(scrubbed)  # what ansible-runner writes to job_events is the scrubbed event
@@ -129,7 +152,7 @@ class JobRunner:
                 self._enqueue(summary)
             return True
 
-        env = {**self.extra_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                "ANSIBLE_CONFIG": str(self.project_dir / "ansible.cfg"), "PYTHONUNBUFFERED": "1"}
         playbook = run.playbook if os.path.isabs(run.playbook) else str(self.project_dir / run.playbook)
         kwargs: dict[str, Any] = dict(
@@ -141,16 +164,23 @@ class JobRunner:
         if run.inventory:
             kwargs["inventory"] = run.inventory
         self._enqueue({"job": ident, "event": "run_start", "playbook": run.playbook})
+        env_file = pdir / "exec-env.json"
         try:
-            r = ansible_runner.run(**kwargs)
+            r = ansible_runner.interface.init_runner(**kwargs)
+            if self.extra_env:  # through a file the wrapper deletes: never in artifacts/<ident>/command
+                _write_private(env_file, json.dumps(self.extra_env))
+                r.config.command = [sys.executable, "-m", "agentkube.adapters.env_exec", str(env_file), "--",
+                                    *r.config.command]
+            r.run()
             status, rc = r.status, r.rc
         except Exception as e:  # the runner itself blew up: report it, never lose the job
             log.exception("job %s: ansible-runner raised", ident)
             status, rc = "error", None
             state.runner_error = f"{type(e).__name__}: {self.redactor.scrub_text(str(e))}"
         finally:
-            for f in pdir.glob("*-vars.json"):
+            for f in (*pdir.glob("*-vars.yml"), env_file):
                 f.unlink(missing_ok=True)
+            _drop_recorded_env(pdir)
             self._scrub_artifacts(pdir)
             self._rotate()
         duration = time.monotonic() - started
@@ -196,6 +226,7 @@ class _RunState:
         self.cancel = cancel
         self.cancel_reason = ""
         self.result: dict[str, Any] | None = None
+        self.result_learnt = False
         self.failures: list[tuple[str, str, str]] = []  # (task, host, message)
         self.last_task = ""
         self.runner_error = ""
@@ -245,10 +276,30 @@ class _RunState:
         return f"playbook {run.playbook} failed (status {status})"
 
 
-def _write_private(path: Path, data: dict[str, Any]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
+def write_vars_file(path: Path, variables: dict[str, Any]) -> Path:
+    """The one writer of a vars file for `-e @file` (the agent's runs and `agentkube render job`): 0600, every
+    value data that Ansible never templates."""
+    _write_private(path, dump_untrusted(variables, VARS_HEADER))
+    return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _drop_recorded_env(pdir: Path) -> None:
+    """ansible-runner records the child's whole environment in artifacts/<ident>/command: keep the command."""
+    for path in pdir.glob("artifacts/*/command"):
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            continue
+        if isinstance(recorded, dict) and "env" in recorded:
+            recorded.pop("env")
+            _write_private(path, json.dumps(recorded))
 
 
 _LOGGED_EVENTS = {

@@ -17,15 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentkube.adapters.fulcrum_client import FulcrumClient, FulcrumError, FulcrumUnavailable, TokenRejected
+from agentkube.adapters.fulcrum_client import (
+    FulcrumClient,
+    FulcrumError,
+    FulcrumUnavailable,
+    MalformedAnswer,
+    TokenRejected,
+)
 from agentkube.adapters.job_runner import JobRunner, PlaybookRun
 from agentkube.adapters.journal import Journal
+from agentkube.adapters.project_roles import role_variables
 from agentkube.agent.health_server import AgentProbes, HealthServer
 from agentkube.agent.heartbeat import Heartbeat
 from agentkube.agent.job_stats import JobStats
 from agentkube.agent.metrics_loop import MetricsLoop
-from agentkube.core.job_vars import JobInputError, build_job_vars, substitute_vault, vault_refs
+from agentkube.core import shipped
+from agentkube.core.job_vars import JobInputError, build_job_vars, secret_paths, substitute_vault, vault_refs
 from agentkube.core.jobs import Job, JobResult
+from agentkube.core.operator_config import ConfigurationError, operator_vars
 from agentkube.core.redaction import Redactor, secret_values_in
 from agentkube.core.settings import Settings
 
@@ -50,6 +59,14 @@ class Agent:
         self.redactor = redactor or Redactor()
         token = settings.fulcrum.token.get_secret_value() if settings.fulcrum.token else ""
         self.redactor.add(token)
+        if settings.fulcrum.url.startswith("http://"):
+            log.warning("fulcrum.url %s is plain http (allow_insecure_http): the agent token travels in clear",
+                        settings.fulcrum.url)
+        self._role_variables = role_variables(Path(settings.runner.project_dir))
+        # vault:// references are resolved only where the shipped schemas mark a secret (never in names, ids,
+        # agentInstanceData): properties under the job's raw params or validated spec
+        self._job_secret_paths = {(top, *p) for p in secret_paths(shipped.property_schema())
+                                  for top in ("agentkube_params", "agentkube_tenant")}
         self._stop = threading.Event()       # stop claiming
         self._cancel = threading.Event()     # cancel running playbooks (grace period over)
         self._wake = threading.Event()       # a job finished: poll again now
@@ -111,7 +128,7 @@ class Agent:
         if s.metrics.enabled and s.runner.inventory:
             self.metrics = MetricsLoop(
                 self.client, self.runner, s.metrics, inventory=str(s.runner.inventory),
-                operator_vars=lambda: self._resolve_secrets(dict(self.agent_info.get("configuration") or {}))[0],
+                operator_vars=self.operator_vars,
             )
             self.metrics.start()
         if s.health.enabled:
@@ -226,7 +243,7 @@ class Agent:
             return 0
         try:
             jobs = self.client.pending_jobs(limit=max(free * 2, 10))
-        except FulcrumUnavailable as e:
+        except (FulcrumUnavailable, MalformedAnswer) as e:
             log.warning("polling failed: %s", e)
             return 0
         claimed = 0
@@ -290,19 +307,22 @@ class Agent:
         playbook = self.settings.runner.action_map().get(job.action)
         if playbook is None:
             return JobResult.failed(job, f"unsupported action '{job.action}'")
+        tenancy = self.settings.tenancy
         try:
-            variables = build_job_vars(job, self.settings.tenancy.window(), self.settings.tenancy.validate_spec)
+            variables = build_job_vars(job, tenancy.window(), tenancy.validate_spec, tenancy.limits)
         except JobInputError as e:
             return JobResult.failed(job, f"invalid input for action '{job.action}': {e}")
-        operator_vars = dict(self.agent_info.get("configuration") or {})
         try:
-            variables, operator_vars = self._resolve_secrets(variables, operator_vars)
+            variables = self._resolve_secrets(variables, self._job_secret_paths)
+            operator = self.operator_vars()
+        except ConfigurationError as e:
+            return JobResult.failed(job, f"invalid agent configuration for action '{job.action}': {e}")
         except FulcrumError as e:
             if isinstance(e, TokenRejected):
                 raise
             return JobResult.failed(job, f"could not resolve a vault secret for action '{job.action}': {e}")
         run = PlaybookRun(
-            ident=job.id, playbook=playbook, variables=variables, operator_vars=operator_vars,
+            ident=job.id, playbook=playbook, variables=variables, operator_vars=operator,
             inventory=str(self.settings.runner.inventory) if self.settings.runner.inventory else None,
             timeout_s=self.settings.runner.timeout_for(job.action),
             idle_timeout_s=self.settings.runner.idle_timeout_s,
@@ -312,8 +332,7 @@ class Agent:
             raise JobCanceled(job.id)
         if not outcome.ok:
             return JobResult.failed(job, f"action '{job.action}' failed: {outcome.error}", outcome.duration_s)
-        result = outcome.result or {}
-        self.redactor.add(*secret_values_in(result))
+        result = outcome.result or {}  # its secrets joined the redactor before any artifact was written
         return JobResult(
             job_id=job.id, outcome="completed", action=job.action, duration_s=outcome.duration_s,
             agent_instance_id=result.get("agentInstanceId") or job.service.agent_instance_id,
@@ -321,14 +340,19 @@ class Agent:
             properties=result.get("properties") or None,
         )
 
-    def _resolve_secrets(self, *docs: dict[str, Any]) -> tuple[dict[str, Any], ...]:
-        """Resolve vault:// refs just before use; every secret value joins the redactor."""
-        refs: set[str] = set()
-        for d in docs:
-            refs |= vault_refs(d)
+    def operator_vars(self) -> dict[str, Any]:
+        """Fulcrum's agent configuration, checked against the shipped configurationSchema and the roles' public
+        variables (ConfigurationError otherwise), its vault:// references resolved."""
+        config = operator_vars(self.agent_info.get("configuration"), shipped.configuration_schema(),
+                               self._role_variables)
+        return self._resolve_secrets(config, {(key,) for key in config})
+
+    def _resolve_secrets(self, doc: dict[str, Any], paths: set[tuple[str, ...]]) -> dict[str, Any]:
+        """Resolve the vault:// refs standing at the given paths just before use; every secret value joins the
+        redactor. A reference anywhere else stays a literal string."""
+        refs = vault_refs(doc, paths)
         resolved = {ref: self.client.resolve_secret(ref) for ref in sorted(refs)}
         self.redactor.add(*resolved.values())
-        out = tuple(substitute_vault(d, resolved) for d in docs)
-        for d in out:
-            self.redactor.add(*secret_values_in(d))
+        out = substitute_vault(doc, paths, resolved)
+        self.redactor.add(*secret_values_in(out))
         return out

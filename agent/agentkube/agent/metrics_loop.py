@@ -149,7 +149,7 @@ class MetricsLoop:
         report = CycleReport(started_at=time.monotonic())
         try:
             operator_vars = self._operator_vars()
-        except FulcrumError as e:
+        except (FulcrumError, ValueError) as e:  # ValueError: a configuration key the agent refuses
             report.error = f"operator settings could not be resolved: {e}"
             return self._finish(report)
         run = PlaybookRun(

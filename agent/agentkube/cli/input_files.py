@@ -18,10 +18,13 @@ def load_mapping(path: str | Path, what: str) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise InputFileError(f"{what} file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise InputFileError(f"{what} file {path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise InputFileError(f"{what} file {path}: not valid YAML/JSON: {e}") from None
+    except (yaml.YAMLError, RecursionError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputFileError(f"{what} file {path}: not valid YAML/JSON: {first}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -1,80 +1,154 @@
 """Maps a Fulcrum job onto the one variable contract the playbooks read (see DEVELOPERS.md).
 
-Pure functions: validation of the job's input and the vars document. Vault references are left as they
-are here; the agent resolves them just before the run.
+Pure functions: validation of the job's input and the vars document. Everything in the document came from a
+job, from Fulcrum or from an API answer: it is data, written by agentkube.core.untrusted_yaml so that Ansible
+never templates it. Vault references are resolved by the agent just before the run, and only where they may
+stand: in properties the service type marks `secret` (see `secret_paths`), never in names, ids or
+agentInstanceData.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from agentkube.core.jobs import Job
-from agentkube.core.naming import tenant_name
-from agentkube.core.tenant_spec import DEFAULT_MAX_MINOR, DEFAULT_MIN_MINOR, SpecError, validate_tenant_spec
+from agentkube.core.naming import ServiceNameError, tenant_name_for
+from agentkube.core.tenant_spec import (
+    DEFAULT_MAX_MINOR,
+    DEFAULT_MIN_MINOR,
+    SpecError,
+    TenantLimits,
+    validate_tenant_spec,
+)
 
 SPEC_ACTIONS = ("create", "update")          # params carry the (new) full tenant spec
 LIFECYCLE_ACTIONS = ("start", "stop", "delete")  # params are null; the spec is the service's properties
 VAULT_PREFIX = "vault://"
+# Core's ids are UUIDs (github.com/google/uuid, pkg/properties/uuid.go in fulcrumproject/core): the only ids the
+# agent turns into paths and URL segments.
+UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# A service id becomes a label value on the TCP and a tag on every VM: it must be a valid label value.
+SAFE_ID_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+
+Path_ = tuple[str, ...]  # a property path, e.g. ("credentials", "password")
 
 
 class JobInputError(ValueError):
     """The job's input is invalid; the message names the field(s). Nothing has been touched."""
 
 
-def tenant_spec_for(job: Job, window: tuple[tuple[int, int], tuple[int, int]] | None = None) -> dict[str, Any]:
+def is_core_id(value: Any) -> bool:
+    return isinstance(value, str) and UUID_RE.fullmatch(value) is not None
+
+
+def tenant_spec_for(job: Job, window: tuple[tuple[int, int], tuple[int, int]] | None = None,
+                    limits: TenantLimits | None = None) -> dict[str, Any]:
     """The validated tenant spec (camelCase, defaults filled) for a job of a known action."""
     lo, hi = window or (DEFAULT_MIN_MINOR, DEFAULT_MAX_MINOR)
     if job.action in SPEC_ACTIONS:
         source, where = job.params, "params"
     else:
-        # Lifecycle actions must work on what exists, even if the operator's window moved since: no window.
+        # Lifecycle actions must work on what exists, even if the operator's window or limits moved since.
         source, where = job.service.properties, "service.properties"
         lo, hi = (0, 0), (999, 999)
+        limits = _UNLIMITED
     if source is None:
         raise JobInputError(f"{where}: the tenant spec is missing")
     try:
-        spec = validate_tenant_spec(source, min_minor=lo, max_minor=hi)
+        spec = validate_tenant_spec(source, min_minor=lo, max_minor=hi, limits=limits)
     except SpecError as e:
         raise JobInputError("; ".join(f"{where}.{path}: {msg}" for path, msg in e.errors)) from None
     return spec.model_dump(mode="json")
 
 
+_UNLIMITED = TenantLimits(max_node_pools=10**6, max_workers=10**9, max_cert_sans=10**6, max_labels=10**6,
+                          max_properties_bytes=10**9, control_plane_address_ranges=["0.0.0.0/0"])
+
+
+def check_identity(job: Job) -> None:
+    """The service's ids and name, which become labels, tags and the tenant's name. (The job id is checked where
+    it becomes a path or a URL: the Fulcrum client skips jobs whose id is not a UUID, the runner checks paths.)"""
+    for field, value in (("service.id", job.service.id), ("service.groupId", job.service.group_id)):
+        if (value or field == "service.id") and not SAFE_ID_RE.fullmatch(value):
+            raise JobInputError(f"{field}: {value[:80]!r} is not an id (a Kubernetes label value: letters, digits, "
+                                "'-', '_', '.', at most 63)")
+    try:
+        tenant_name_for(job.service.name, job.service.id, job.service.agent_instance_data)
+    except ServiceNameError as e:
+        raise JobInputError(f"service.name: {e}") from None
+
+
 def build_job_vars(job: Job, window: tuple[tuple[int, int], tuple[int, int]] | None = None,
-                   validate_spec: bool = True) -> dict[str, Any]:
+                   validate_spec: bool = True, limits: TenantLimits | None = None) -> dict[str, Any]:
     """The vars document for a job. Custom actions (and every action when validate_spec is off) get their raw
     params (the service's properties when the job has none) under `agentkube_params`."""
-    if not job.service.id:
-        raise JobInputError("service.id: missing")
+    check_identity(job)
+    previous = job.service.agent_instance_data or {}
     doc: dict[str, Any] = {
         "agentkube_job": {"id": job.id, "action": job.action},
         "agentkube_service": {"id": job.service.id, "name": job.service.name, "groupId": job.service.group_id},
-        "agentkube_tenant_name": tenant_name(job.service.name, job.service.id),
-        "agentkube_previous": job.service.agent_instance_data or {},
+        "agentkube_tenant_name": tenant_name_for(job.service.name, job.service.id, previous),
+        "agentkube_previous": previous,
     }
     if validate_spec and (job.action in SPEC_ACTIONS or job.action in LIFECYCLE_ACTIONS):
-        doc["agentkube_tenant"] = tenant_spec_for(job, window)
+        doc["agentkube_tenant"] = tenant_spec_for(job, window, limits)
     else:
         doc["agentkube_params"] = job.params if job.params is not None else job.service.properties
     return doc
 
 
-def vault_refs(data: Any) -> set[str]:
-    """Every `vault://<ref>` string inside data (refs without the prefix)."""
-    if isinstance(data, str):
-        return {data[len(VAULT_PREFIX):]} if data.startswith(VAULT_PREFIX) and len(data) > len(VAULT_PREFIX) else set()
-    if isinstance(data, dict):
-        return set().union(*(vault_refs(v) for v in data.values())) if data else set()
-    if isinstance(data, list):
-        return set().union(*(vault_refs(v) for v in data)) if data else set()
-    return set()
+# -- vault references ---------------------------------------------------------------------------------------
+def secret_paths(property_schema: dict[str, Any] | None, _prefix: Path_ = ()) -> set[Path_]:
+    """The paths of the properties a Fulcrum propertySchema/configurationSchema marks `secret` (Core's
+    PropertyDefinition.secret), nested object properties included."""
+    out: set[Path_] = set()
+    for name, definition in ((property_schema or {}).get("properties") or {}).items():
+        if not isinstance(definition, dict):
+            continue
+        path = (*_prefix, str(name))
+        if definition.get("secret"):
+            out.add(path)
+        if definition.get("type") == "object":
+            out |= secret_paths(definition, path)
+    return out
 
 
-def substitute_vault(data: Any, resolved: dict[str, str]) -> Any:
-    """data with each `vault://<ref>` string replaced by its resolved value."""
-    if isinstance(data, str) and data.startswith(VAULT_PREFIX):
-        return resolved.get(data[len(VAULT_PREFIX):], data)
-    if isinstance(data, dict):
-        return {k: substitute_vault(v, resolved) for k, v in data.items()}
-    if isinstance(data, list):
-        return [substitute_vault(v, resolved) for v in data]
+def _at(data: Any, path: Path_) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
     return data
+
+
+def vault_refs(data: Any, paths: Iterable[Path_]) -> set[str]:
+    """The `vault://<ref>` values (refs without the prefix) standing at the given paths of data."""
+    refs = set()
+    for path in paths:
+        value = _at(data, path)
+        if isinstance(value, str) and value.startswith(VAULT_PREFIX) and len(value) > len(VAULT_PREFIX):
+            refs.add(value[len(VAULT_PREFIX):])
+    return refs
+
+
+def substitute_vault(data: Any, paths: Iterable[Path_], resolved: dict[str, str]) -> Any:
+    """A copy of data with the `vault://<ref>` value at each given path replaced by its resolved value; a
+    reference anywhere else stays the literal string it is."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for path in paths:
+        value = _at(out, path)
+        if not (isinstance(value, str) and value.startswith(VAULT_PREFIX)):
+            continue
+        ref = value[len(VAULT_PREFIX):]
+        if ref not in resolved:
+            continue
+        node = out
+        for key in path[:-1]:
+            node[key] = dict(node[key])
+            node = node[key]
+        node[path[-1]] = resolved[ref]
+    return out

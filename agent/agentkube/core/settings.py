@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agentkube.core.tenant_spec import TenantLimits
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_ACTIONS = {a: f"playbooks/{a}.yml" for a in ("create", "start", "stop", "update", "delete")}
 
@@ -25,6 +27,8 @@ class _Section(BaseModel):
 
 class FulcrumSettings(_Section):
     url: str = Field(description="Fulcrum Core API base, e.g. https://fulcrum.example/api/v1")
+    allow_insecure_http: bool = Field(False, description="accept an http:// url (the token then travels in clear; "
+                                      "the agent logs a warning)")
     token: SecretStr | None = None
     token_file: Path | None = None
     verify_tls: bool = True
@@ -42,6 +46,9 @@ class FulcrumSettings(_Section):
 
     @model_validator(mode="after")
     def _token(self) -> FulcrumSettings:
+        if self.url.startswith("http://") and not self.allow_insecure_http:
+            raise ValueError("url must be https:// (set allow_insecure_http: true to accept plain http, which sends "
+                             "the agent token in clear)")
         if self.token is None and self.token_file is not None:
             try:
                 self.token = SecretStr(self.token_file.read_text().strip())
@@ -102,6 +109,7 @@ class TenancySettings(_Section):
     min_version: str = "v1.33"
     max_version: str = "v1.36"
     namespace: str = "kamaji-tenants"
+    limits: TenantLimits = Field(default_factory=TenantLimits, description="quotas and the address policy")
 
     @field_validator("min_version", "max_version")
     @classmethod

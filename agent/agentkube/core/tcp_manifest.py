@@ -44,7 +44,7 @@ TEMPLATES_DIR_ENV = "AGENTKUBE_TEMPLATES_DIR"
 # repo layout: agent/agentkube/core/ -> ../../../templates
 _REPO_TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "templates"
 
-MINOR_RE = re.compile(r"^v?(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)$")
+MINOR_RE = re.compile(r"v?(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)")  # fullmatch
 SETTINGS_VAR_PREFIX = "kamaji_tcp_"
 
 
@@ -60,7 +60,7 @@ def datastore_schema(name: str) -> str:
     A tenant name is a DNS-1123 label (<= 63 chars of [a-z0-9-]), so the result is a plain SQL identifier
     ([a-z0-9_], <= 63 chars, the PostgreSQL limit) once a leading digit gets a 't_' prefix.
     """
-    if not DNS1123_LABEL.match(name) or len(name) > 61:
+    if not DNS1123_LABEL.fullmatch(name) or len(name) > 61:
         raise ValueError(f"{name!r} is not a tenant name (a DNS-1123 label of at most 61 characters)")
     schema = name.replace("-", "_")
     return f"t_{schema}" if schema[0].isdigit() else schema
@@ -125,7 +125,7 @@ def _copy(value: Any) -> Any:
 
 def parse_minor(value: str) -> tuple[int, int]:
     """'v1.33' or '1.33' -> (1, 33)."""
-    m = MINOR_RE.match(str(value))
+    m = MINOR_RE.fullmatch(str(value))
     if not m:
         raise ValueError(f"{value!r} is not a minor version of the form vMAJOR.MINOR (e.g. v1.33)")
     return int(m["major"]), int(m["minor"])
@@ -154,14 +154,14 @@ class TcpSettings(BaseModel):
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, v: str) -> str:
-        if not DNS1123_LABEL.match(v):
+        if not DNS1123_LABEL.fullmatch(v):
             raise ValueError(f"{v!r} is not a DNS-1123 label")
         return v
 
     @field_validator("datastore")
     @classmethod
     def _datastore(cls, v: str) -> str:
-        if v and (len(v) > 253 or not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", v)):
+        if v and (len(v) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", v)):
             raise ValueError(f"{v!r} is not a DataStore name (a DNS-1123 subdomain)")
         return v
 
@@ -200,7 +200,7 @@ class TcpSettings(BaseModel):
 
 def service_vars(service_name: str, service_id: str) -> dict[str, Any]:
     """`agentkube_service` as in the vars contract (DEVELOPERS.md); the id becomes a label value."""
-    if not service_id or len(service_id) > 63 or not LABEL_VALUE_RE.match(service_id):
+    if not service_id or len(service_id) > 63 or not LABEL_VALUE_RE.fullmatch(service_id):
         raise ValueError(
             f"agentkube_service.id: {service_id!r} is not usable as a label value "
             "(at most 63 characters of [A-Za-z0-9-_.], alphanumeric at both ends)"

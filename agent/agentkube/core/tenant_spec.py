@@ -8,17 +8,20 @@ Field names are camelCase as in Fulcrum. Unknown fields are errors.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-VERSION_RE = re.compile(r"^v(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)$")
+# Every pattern here is used with fullmatch: `$` would accept a trailing newline.
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+VERSION_RE = re.compile(r"v(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)")
 # Kubernetes label keys: optional DNS-subdomain prefix + "/" + name (63 chars, alnum at both ends).
 _LABEL_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
-LABEL_KEY_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?" + _LABEL_NAME + r"$")
-LABEL_VALUE_RE = re.compile(r"^(" + _LABEL_NAME + r")?$")
+LABEL_KEY_RE = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?" + _LABEL_NAME)
+LABEL_VALUE_RE = re.compile(r"(" + _LABEL_NAME + r")?")
+_DNS_NAME_RE = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 DEFAULT_MIN_MINOR = (1, 33)
 DEFAULT_MAX_MINOR = (1, 36)
@@ -26,7 +29,7 @@ DEFAULT_MAX_MINOR = (1, 36)
 
 def parse_version(value: str) -> tuple[int, int, int]:
     """'v1.35.7' -> (1, 35, 7); ValueError with the expected form otherwise."""
-    m = VERSION_RE.match(value)
+    m = VERSION_RE.fullmatch(value) if isinstance(value, str) else None
     if not m:
         raise ValueError(f"{value!r} is not a version of the form vMAJOR.MINOR.PATCH (e.g. v1.35.7)")
     return int(m["major"]), int(m["minor"]), int(m["patch"])
@@ -64,14 +67,13 @@ class ControlPlane(_Strict):
     @field_validator("certSANs")
     @classmethod
     def _sans(cls, v: list[str]) -> list[str]:
-        dns = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
         for san in v:
             try:
                 ipaddress.ip_address(san)
                 continue
             except ValueError:
                 pass
-            if len(san) > 253 or not dns.match(san):
+            if len(san) > 253 or not _DNS_NAME_RE.fullmatch(san):
                 raise ValueError(f"{san!r} is neither an IP address nor a DNS name")
         if len(set(v)) != len(v):
             raise ValueError("duplicate entries")
@@ -134,14 +136,14 @@ class Taint(_Strict):
     @field_validator("key")
     @classmethod
     def _key(cls, v: str) -> str:
-        if not LABEL_KEY_RE.match(v):
+        if not LABEL_KEY_RE.fullmatch(v):
             raise ValueError(f"{v!r} is not a valid taint key")
         return v
 
     @field_validator("value")
     @classmethod
     def _value(cls, v: str) -> str:
-        if not LABEL_VALUE_RE.match(v):
+        if not LABEL_VALUE_RE.fullmatch(v):
             raise ValueError(f"{v!r} is not a valid taint value")
         return v
 
@@ -158,7 +160,7 @@ class NodePool(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not DNS1123_LABEL.match(v) or len(v) > 20:
+        if not DNS1123_LABEL.fullmatch(v) or len(v) > 20:
             raise ValueError(f"{v!r} is not a DNS-1123 label of at most 20 characters (a-z, 0-9, '-')")
         return v
 
@@ -166,9 +168,9 @@ class NodePool(_Strict):
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
         for key, value in v.items():
-            if not LABEL_KEY_RE.match(key):
+            if not LABEL_KEY_RE.fullmatch(key):
                 raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
-            if not LABEL_VALUE_RE.match(value):
+            if not LABEL_VALUE_RE.fullmatch(value):
                 raise ValueError(f"label value {value!r} (key {key!r}) is not a valid Kubernetes label value")
         return v
 
@@ -216,6 +218,57 @@ class SpecError(ValueError):
         super().__init__("; ".join(f"{path}: {msg}" for path, msg in errors))
 
 
+RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+
+class TenantLimits(BaseModel):
+    """The operator's quotas and address policy for tenant specs (agent.yaml `tenancy.limits`). One tenant must
+    not drain what all share: the VMID range, the IP pool, the parent cluster's API objects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_node_pools: int = Field(10, ge=0, description="node pools per tenant")
+    max_workers: int = Field(100, ge=0, description="worker VMs per tenant (sum of the pools' counts)")
+    max_cert_sans: int = Field(32, ge=0, description="controlPlane.certSANs entries")
+    max_labels: int = Field(32, ge=0, description="labels, and taints, per node pool")
+    max_properties_bytes: int = Field(65536, ge=1024, description="size of the properties as JSON")
+    control_plane_address_ranges: list[ipaddress.IPv4Network] = Field(
+        default_factory=lambda: [ipaddress.IPv4Network(n) for n in RFC1918],
+        description="controlPlane.address must be a global unicast address or lie in one of these ranges "
+                    "(your load balancer pools); the default allows RFC 1918's private ranges")
+
+    def address_problem(self, address: str) -> str:
+        """'' when the address may be pinned, else why not."""
+        ip = ipaddress.IPv4Address(address)
+        if any(ip in net for net in self.control_plane_address_ranges):
+            return ""
+        if ip.is_global and not ip.is_multicast:
+            return ""
+        allowed = ", ".join(str(n) for n in self.control_plane_address_ranges) or "none"
+        return (f"{address} is not a global unicast address and lies outside the allowed ranges ({allowed}); "
+                "loopback, link-local, unspecified, multicast and reserved addresses are refused")
+
+    def problems(self, spec: TenantSpec) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        if len(spec.nodePools) > self.max_node_pools:
+            out.append(("nodePools", f"{len(spec.nodePools)} pools exceed the limit of {self.max_node_pools}"))
+        workers = sum(p.count for p in spec.nodePools)
+        if workers > self.max_workers:
+            out.append(("nodePools", f"{workers} workers in all exceed the limit of {self.max_workers}"))
+        if len(spec.controlPlane.certSANs) > self.max_cert_sans:
+            out.append(("controlPlane.certSANs",
+                        f"{len(spec.controlPlane.certSANs)} entries exceed the limit of {self.max_cert_sans}"))
+        for i, pool in enumerate(spec.nodePools):
+            for what, n in (("labels", len(pool.labels)), ("taints", len(pool.taints))):
+                if n > self.max_labels:
+                    out.append((f"nodePools[{i}].{what}", f"{n} entries exceed the limit of {self.max_labels}"))
+        if spec.controlPlane.address:
+            problem = self.address_problem(spec.controlPlane.address)
+            if problem:
+                out.append(("controlPlane.address", problem))
+        return out
+
+
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -231,10 +284,19 @@ def validate_tenant_spec(
     *,
     min_minor: tuple[int, int] = DEFAULT_MIN_MINOR,
     max_minor: tuple[int, int] = DEFAULT_MAX_MINOR,
+    limits: TenantLimits | None = None,
 ) -> TenantSpec:
-    """Validate raw properties; raise SpecError naming every bad field. The version window is the operator's."""
+    """Validate raw properties; raise SpecError naming every bad field. The version window and the limits are
+    the operator's (TenantLimits' defaults when none are given)."""
     if not isinstance(data, dict):
         raise SpecError([("(root)", "the tenant spec must be a mapping")])
+    limits = limits or TenantLimits()
+    try:
+        size = len(json.dumps(data, separators=(",", ":")))
+    except (TypeError, ValueError) as e:
+        raise SpecError([("(root)", f"not plain JSON data: {e}")]) from None
+    if size > limits.max_properties_bytes:
+        raise SpecError([("(root)", f"{size} bytes of properties exceed the limit of {limits.max_properties_bytes}")])
     try:
         spec = TenantSpec.model_validate(data)
     except ValidationError as e:
@@ -256,4 +318,7 @@ def validate_tenant_spec(
             f"{spec.kubernetesVersion} is outside the supported window "
             f"v{min_minor[0]}.{min_minor[1]} to v{max_minor[0]}.{max_minor[1]}",
         )])
+    problems = limits.problems(spec)
+    if problems:
+        raise SpecError(problems)
     return spec

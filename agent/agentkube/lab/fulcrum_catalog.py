@@ -3,17 +3,10 @@ in a Fulcrum Core emulator, exactly as an admin registers them in a real Core.""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from importlib import resources
-from typing import Any
 
+from agentkube.core.shipped import load_shipped
 from agentkube.lab.fulcrum_emulator import FulcrumEmulator
-
-
-def load_shipped(name: str) -> Any:
-    """One of the shipped JSON files in agentkube/data/fulcrum (service-type, agent-type, metric-types)."""
-    return json.loads(resources.files("agentkube").joinpath(f"data/fulcrum/{name}.json").read_text())
 
 
 @dataclass(frozen=True)
