@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 import threading
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agentkube.adapters.job_runner import JobRunner, PlaybookRun
+from agentkube.adapters.job_runner import JobRunner, PlaybookRun, UnsafeIdent
 from agentkube.core.redaction import Redactor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,3 +132,65 @@ def test_rotation_keeps_the_newest_job_dirs(runner):
         runner.run(PlaybookRun(f"rot-{i}", str(PLAYBOOKS / "succeed.yml"), _vars()))
     kept = sorted(d.name for d in runner.jobs_dir.iterdir())
     assert kept == ["rot-2", "rot-3", "rot-4"]
+
+
+def _files_of(runner, ident):
+    return {p: p.read_text(errors="replace") for p in (runner.jobs_dir / ident).rglob("*") if p.is_file()}
+
+
+def test_a_first_seen_kubeconfig_in_the_result_never_reaches_an_artifact(runner):
+    pem_body = ["MIIC" + "Q" * 60, "R0VO" + "Z" * 60, "ENDLINE" + "w" * 40]
+    pem = "-----BEGIN CERTIFICATE-----\n" + "\n".join(pem_body) + "\n-----END CERTIFICATE-----\n"
+    ca_b64 = base64.b64encode(pem.encode()).decode()
+    key_b64 = base64.b64encode(b"CLIENT-KEY-CANARY-1234567890").decode()
+    kubeconfig = ("apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n"
+                  f"    certificate-authority-data: {ca_b64}\n    server: https://10.0.0.5:6443\nusers:\n"
+                  f"- name: admin\n  user:\n    client-key-data: {key_b64}\n")
+    assert len(runner.redactor) == 0  # nothing known before the run: the result teaches it
+    out = runner.run(PlaybookRun("job-9", str(PLAYBOOKS / "return_secret.yml"),
+                                 _vars(params={"kubeconfig": kubeconfig})))
+    assert out.ok, out.error
+    assert out.result == {"agentInstanceData": {"kubeconfig": kubeconfig}}  # Fulcrum gets it whole
+    for path, text in _files_of(runner, "job-9").items():
+        for canary in (kubeconfig, ca_b64, key_b64, "CLIENT-KEY-CANARY-1234567890", *pem_body):
+            assert canary not in text, (path, canary[:20])
+            assert json.dumps(canary)[1:-1] not in text, (path, canary[:20])
+
+
+def test_extra_env_never_reaches_the_command_artifact_and_is_masked(tmp_path, caplog):
+    canary = "EXTRA-ENV-CANARY-0x5eed"
+    r = JobRunner(REPO, tmp_path / "jobs", Redactor(), extra_env={"K8S_AUTH_API_KEY": canary})
+    caplog.set_level("INFO", logger="agentkube.events")
+    try:
+        out = r.run(PlaybookRun("job-10", str(PLAYBOOKS / "leak.yml"), _vars()))
+    finally:
+        r.close()
+    assert out.ok, out.error
+    files = _files_of(r, "job-10")
+    assert "********" in (out.artifact_dir / "stdout").read_text()  # the child did get it (env printed, masked)
+    for path, text in files.items():
+        assert canary not in text, path
+    command = json.loads((out.artifact_dir / "command").read_text())
+    assert "env" not in command
+    assert not (tmp_path / "jobs" / "job-10" / "exec-env.json").exists()
+    assert canary not in caplog.text
+
+
+@pytest.mark.parametrize("ident", ["../escape", "..", "a/b", "/abs", ".hidden", "x\n", ""])
+def test_a_run_ident_never_leaves_the_jobs_directory(runner, tmp_path, ident):
+    victim = tmp_path / "escape"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    with pytest.raises(UnsafeIdent):
+        runner.run(PlaybookRun(ident, str(PLAYBOOKS / "succeed.yml"), _vars()))
+    assert (victim / "keep").read_text() == "x"
+
+
+def test_vars_reach_the_playbook_as_data_never_as_templates(runner, tmp_path):
+    canary = tmp_path / "CANARY"
+    payload = "{{ lookup('ansible.builtin.pipe', 'touch " + str(canary) + "') }}"
+    out = runner.run(PlaybookRun("job-11", str(PLAYBOOKS / "succeed.yml"),
+                                 {**_vars("create"), "agentkube_service": {"id": "svc-1", "name": payload}}))
+    assert out.ok, out.error
+    assert out.result["agentInstanceData"]["service"] == payload  # the very string, never evaluated
+    assert not canary.exists()

@@ -3,6 +3,7 @@ secret values from text and JSON (including JSON-escaped forms)."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -19,7 +20,7 @@ from agentkube.core.naming import (
     tenant_name_belongs,
     tenant_name_for,
 )
-from agentkube.core.redaction import MASK, MIN_SECRET_LEN, Redactor, secret_values_in
+from agentkube.core.redaction import MASK, MIN_SECRET_LEN, Redactor, is_secret_key, secret_values_in
 
 SERVICE_ID = "5f0c3e4e-6d1a-4a4b-9e33-0c4c7b2b8f10"
 
@@ -188,3 +189,40 @@ def test_secret_values_in_finds_values_under_secret_looking_keys():
     assert sorted(secret_values_in(data)) == sorted([
         "apiVersion: v1 ...", "pve-secret", "-----BEGIN KEY-----", "hunter2!", "t-one-123456", "t-two-123456"])
     assert secret_values_in({"endpoint": "x", "name": "y"}) == []
+
+
+def test_the_parts_of_a_kubeconfig_are_masked_too():
+    pem_lines = ["MIIB" + "A" * 60, "QUJD" + "B" * 60]
+    pem = "-----BEGIN PRIVATE KEY-----\n" + "\n".join(pem_lines) + "\n-----END PRIVATE KEY-----\n"
+    key_b64 = base64.b64encode(pem.encode()).decode()
+    kubeconfig = (f"apiVersion: v1\nusers:\n- name: a\n  user:\n    client-key-data: {key_b64}\n"
+                  "    token: tok.0123456789abcdef\n")
+    r = Redactor()
+    r.add(kubeconfig)
+    for leak in (key_b64, pem, pem.strip(), "".join(pem_lines), *pem_lines, "tok.0123456789abcdef",
+                 base64.b64encode(b"tok.0123456789abcdef").decode()):
+        scrubbed = r.scrub_text(f"seen: {leak} !")
+        assert leak not in scrubbed and MASK in scrubbed, leak[:30]
+    assert r.scrub_text("-----BEGIN PRIVATE KEY----- apiVersion: v1") == "-----BEGIN PRIVATE KEY----- apiVersion: v1"
+
+
+@pytest.mark.parametrize("broken", [
+    "tok.01234\n56789abcdef", "tok.01234\n      56789abcdef", 'tok.0123\\n456789abcdef', "t\r\nok.0123456789abcdef",
+])
+def test_a_token_split_over_a_line_break_is_masked(broken):
+    r = Redactor()
+    r.add("tok.0123456789abcdef")
+    scrubbed = r.scrub_text(f"before {broken} after")
+    assert scrubbed == f"before {MASK} after"
+
+
+@pytest.mark.parametrize("key", ["ansible_become_pass", "ansible_ssh_pass", "k8s_auth_api_key", "api-key",
+                                 "ansible_password", "client-key-data", "vault_password", "bootstrapToken"])
+def test_the_usual_secret_variable_names_are_secret_keys(key):
+    assert secret_values_in({key: "value-123456"}) == ["value-123456"]
+    assert is_secret_key(key)
+
+
+@pytest.mark.parametrize("key", ["name", "endpoint", "kubernetesVersion", "address", "port"])
+def test_ordinary_keys_are_not_secret_keys(key):
+    assert not is_secret_key(key)

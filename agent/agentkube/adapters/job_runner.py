@@ -141,9 +141,9 @@ class JobRunner:
             # the raw event first: the set_stats result must reach Fulcrum whole (a kubeconfig the agent already
             # knows as a secret too); failure texts from it are scrubbed when the message is built
             state.observe(event)
-            if state.result is not None and not state.result_learnt:
-                self.redactor.add(*secret_values_in(state.result))  # before this event or any artifact is written
-                state.result_learnt = True
+            # the result's secrets (a first create's kubeconfig) join the redactor before this event, or any
+            # artifact, is written: from the set_stats task's own event on
+            self.redactor.add(*secret_values_in(_stats_data(event)))
             scrubbed = self.redactor.scrub(event)  # new containers: what observe kept stays raw
             event.clear()
             event.update(scrubbed)  # what ansible-runner writes to job_events is the scrubbed event
@@ -226,7 +226,6 @@ class _RunState:
         self.cancel = cancel
         self.cancel_reason = ""
         self.result: dict[str, Any] | None = None
-        self.result_learnt = False
         self.failures: list[tuple[str, str, str]] = []  # (task, host, message)
         self.last_task = ""
         self.runner_error = ""
@@ -274,6 +273,13 @@ class _RunState:
             first = msg.splitlines()[0][:500] if msg else "failed"
             return f"task '{task}' failed on {host}: {first}"
         return f"playbook {run.playbook} failed (status {status})"
+
+
+def _stats_data(event: dict[str, Any]) -> Any:
+    """The set_stats data an event carries: the set_stats task's result, or the final stats."""
+    data = event.get("event_data") or {}
+    res = data.get("res") if isinstance(data.get("res"), dict) else {}
+    return [(res.get("ansible_stats") or {}).get("data"), (data.get("artifact_data") or {}).get(RESULT_KEY)]
 
 
 def write_vars_file(path: Path, variables: dict[str, Any]) -> Path:
