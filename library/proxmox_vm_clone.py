@@ -12,7 +12,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.proxmox_api import PveApiError, client_argument_spec, client_from_params
 from ansible.module_utils.proxmox_vm_allocation import AllocationError, Allocator
 from ansible.module_utils.proxmox_vm_config import IpPool, marker
-from ansible.module_utils.proxmox_vm_ops import VmGone, destroy
+from ansible.module_utils.proxmox_vm_ops import Owner, VmGone, destroy
 
 DOCUMENTATION = r"""
 module: proxmox_vm_clone
@@ -30,6 +30,7 @@ description:
 options:
   vms: {description: VMs to create (name, pool, index)., type: list, elements: dict, required: true}
   service_id: {description: Fulcrum service id (ownership marker)., type: str, required: true}
+  owner_tag: {description: Owner tag (checked before a failed clone is removed)., type: str, default: agentkube}
   template_vmid: {description: Template VMID., type: int, required: true}
   template_node: {description: Node holding the template., type: str, required: true}
   target_nodes: {description: Nodes to spread VMs over (round-robin by index)., type: list, elements: str, default: []}
@@ -99,7 +100,9 @@ class Cloner:
 
     def _remove_leftover(self, vmid: int, name: str) -> None:
         with contextlib.suppress(PveApiError, VmGone):
-            destroy(self.client, vmid, name, 30, self.client.task_timeout)
+            # Ownership is re-checked there too: only our own half-made clone (its marker) is removed.
+            destroy(self.client, vmid, name, 30, self.client.task_timeout,
+                    owner=Owner(self.p["service_id"], self.p["owner_tag"]))
 
     def resolve_ip_conflicts(self, created: list[dict]) -> None:
         """A concurrent run may have claimed an address too: the lower vmid keeps it, we re-claim."""
@@ -124,6 +127,7 @@ def main():
     spec.update(
         vms={"type": "list", "elements": "dict", "required": True},
         service_id={"type": "str", "required": True},
+        owner_tag={"type": "str", "default": "agentkube"},
         template_vmid={"type": "int", "required": True},
         template_node={"type": "str", "required": True},
         target_nodes={"type": "list", "elements": "str", "default": []},

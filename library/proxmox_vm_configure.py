@@ -14,6 +14,7 @@ from ansible.module_utils.proxmox_vm_config import (
     ipconfig,
     join_tags,
     marker,
+    owned_by,
     parse_marker,
     split_tags,
     sshkeys_param,
@@ -26,6 +27,9 @@ short_description: Converge sizing, tags and cloud-init (ciuser, sshkeys, ipconf
 description:
   - Reads every VM's config first and fails, naming the VM and the sizes, if a disk would have to
     shrink - before anything is changed.
+  - Fails the same way, naming the VMID and the tags found, if a VM's own config does not carry the owner
+    tag and this service's tag (or, tagged for no service, this service's clone marker): nothing is
+    changed.
   - Waits for a VM's lock (e.g. C(clone)) to clear before touching it. Writes only what differs, through
     the asynchronous C(POST .../config) and C(PUT .../resize) whose UPIDs are awaited.
   - With O(cloud_init=false) only sizing and tags are converged (resize of existing VMs).
@@ -40,6 +44,7 @@ options:
     required: true
   cloud_init: {description: Also converge the cloud-init settings and the NIC., type: bool, default: true}
   service_id: {description: Fulcrum service id (ownership marker)., type: str, required: true}
+  owner_tag: {description: Tag marking the agent as the owner., type: str, default: agentkube}
   ciuser: {description: Cloud-init user., type: str, default: ""}
   ssh_public_keys: {description: SSH public keys for the user., type: list, elements: str, default: []}
   ip_mode: {description: static or dhcp., type: str, choices: [static, dhcp], default: static}
@@ -106,6 +111,7 @@ def main():
         vms={"type": "list", "elements": "dict", "required": True},
         cloud_init={"type": "bool", "default": True},
         service_id={"type": "str", "required": True},
+        owner_tag={"type": "str", "default": "agentkube"},
         ciuser={"type": "str", "default": ""},
         ssh_public_keys={"type": "list", "elements": "str", "default": [], "no_log": False},
         ip_mode={"type": "str", "default": "static", "choices": ["static", "dhcp"]},
@@ -142,6 +148,11 @@ def main():
         module.fail_json(msg=f"reading VM configs failed: {e}")
 
     # Every check first, so a bad request changes nothing.
+    foreign = [f"VM {vm['vmid']} ({vm['name']}): tags found: {';'.join(split_tags(config.get('tags'))) or 'none'}"
+               for vm, config in current if not owned_by(config, p["owner_tag"], p["service_id"])]
+    if foreign:
+        module.fail_json(msg=f"refusing to touch VMs not owned by service {p['service_id']} "
+                             f"(expected {p['owner_tag']} and the service's svc- tag): " + "; ".join(foreign))
     plans, shrinks = [], []
     for vm, config in current:
         disk = boot_disk(config)

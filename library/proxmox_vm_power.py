@@ -7,13 +7,17 @@ import concurrent.futures
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.proxmox_api import PveApiError, client_argument_spec, client_from_params
-from ansible.module_utils.proxmox_vm_ops import VmGone, start, stop, wait_unlocked
+from ansible.module_utils.proxmox_vm_ops import NotOwned, Owner, VmGone, start, stop, wait_unlocked
 
 DOCUMENTATION = r"""
 module: proxmox_vm_power
 short_description: Start worker VMs, or stop them with a graceful shutdown and then a hard stop
 description:
   - Waits for a VM's lock (e.g. C(clone)) to clear first. Every task's UPID is awaited.
+  - Right before a VM is started, shut down or hard-stopped its config is re-read from Proxmox; unless it
+    carries the owner tag and this service's tag (or, tagged for no service, this service's clone marker)
+    the task fails naming its VMID and the tags found, and nothing is done to it, whatever list of VMs the
+    module was given.
   - A start task that ends in an error is retried O(start_retries) times with backoff.
   - Why not community.proxmox.proxmox_kvm state=started/stopped - it does not notice a start task that
     ended in TASK ERROR (it keeps polling until its timeout), polls once a second and acts on one VM per
@@ -21,6 +25,8 @@ description:
 options:
   vms: {description: "VMs: name, vmid (node is looked up)", type: list, elements: dict, required: true}
   state: {description: started or stopped., type: str, choices: [started, stopped], required: true}
+  service_id: {description: Fulcrum service id whose VMs these must be (svc- tag)., type: str, required: true}
+  owner_tag: {description: Tag marking the agent as the owner., type: str, default: agentkube}
   shutdown_timeout: {description: PVE seconds for a graceful shutdown before the hard stop., type: int, default: 120}
   start_retries: {description: Retries of a failed start task., type: int, default: 2}
   lock_timeout: {description: Seconds to wait for a VM lock to clear., type: int, default: 1800}
@@ -34,6 +40,8 @@ def main():
     spec.update(
         vms={"type": "list", "elements": "dict", "required": True},
         state={"type": "str", "required": True, "choices": ["started", "stopped"]},
+        service_id={"type": "str", "required": True},
+        owner_tag={"type": "str", "default": "agentkube"},
         shutdown_timeout={"type": "int", "default": 120},
         start_retries={"type": "int", "default": 2},
         lock_timeout={"type": "int", "default": 1800},
@@ -46,12 +54,16 @@ def main():
     except RuntimeError as e:
         module.fail_json(msg=str(e))
 
+    if not p["service_id"]:
+        module.fail_json(msg="service_id must not be empty")
+    owner = Owner(p["service_id"], p["owner_tag"])
+
     def act(vm):
         entry = wait_unlocked(client, int(vm["vmid"]), vm["name"], p["lock_timeout"])
         if p["state"] == "started":
-            done = start(client, entry, p["start_retries"], client.retry_delay)
+            done = start(client, entry, p["start_retries"], client.retry_delay, owner=owner)
         else:
-            done = stop(client, entry, p["shutdown_timeout"])
+            done = stop(client, entry, p["shutdown_timeout"], owner=owner)
         return vm["name"] if done else None
 
     changed, errors = [], []
@@ -65,6 +77,8 @@ def main():
                     changed.append(name)
             except VmGone:
                 errors.append(f"VM {vm['name']} ({vm['vmid']}) no longer exists")
+            except NotOwned as e:
+                errors.append(str(e))
             except PveApiError as e:
                 errors.append(f"{vm['name']} ({vm['vmid']}): {e}")
     if errors:

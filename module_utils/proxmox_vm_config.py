@@ -9,19 +9,19 @@ import ipaddress
 import re
 import urllib.parse
 
-TAG_RE = re.compile(r"^[a-z0-9_][a-z0-9_\-+.]*$")
+TAG_RE = re.compile(r"[a-z0-9_][a-z0-9_\-+.]*")  # whole strings only: fullmatch
 # The ownership marker written in the clone request's description: present from the moment the clone
 # exists (before its task finishes and before tags can be set), so a half-made VM is still recognised,
 # and its IP claim is visible to every other run at once.
 MARKER_RE = re.compile(r"agentkube:\s*service=(?P<service>\S+)\s+ip=(?P<ip>\S+)")
 SIZE_UNITS = {"K": 1 / (1024 * 1024), "M": 1 / 1024, "G": 1, "T": 1024}
-DISK_KEY_RE = re.compile(r"^(scsi|virtio|sata|ide)\d+$")
+DISK_KEY_RE = re.compile(r"(scsi|virtio|sata|ide)\d+")  # whole strings only: fullmatch
 
 
 def tag_token(text: str) -> str:
     """A Proxmox tag token: lowercase, characters outside [a-z0-9_-+.] become '-'."""
     token = re.sub(r"[^a-z0-9_\-+.]+", "-", str(text).lower()).strip("-")
-    if not token or not TAG_RE.match(token):
+    if not token or not TAG_RE.fullmatch(token):
         raise ValueError(f"cannot make a Proxmox tag from {text!r}")
     return token
 
@@ -58,6 +58,21 @@ def is_owned(vm: dict, owner: str, service_id: str, tenant: str) -> bool:
     if tag_token(owner) in tags and service_tag(service_id) in tags:
         return True
     return not tags and not vm.get("template") and str(vm.get("name", "")).startswith(tenant + "-")
+
+
+def owned_by(config: dict, owner: str, service_id: str) -> bool:
+    """Whether a VM's own config (read from Proxmox just now) marks it as this service's, by this owner.
+
+    A VM tagged for a service (any `svc-` tag) is ours only when it carries the owner tag and this service's tag.
+    A VM tagged for no service is ours only when the clone-time marker in its description names this service: a
+    clone not configured yet, still carrying its template's tags. A template is never ours."""
+    if not isinstance(config, dict) or not service_id or config.get("template") in (1, "1", True):
+        return False
+    tags = split_tags(config.get("tags"))
+    if any(t.startswith("svc-") for t in tags):
+        return tag_token(owner) in tags and service_tag(service_id) in tags
+    mark = parse_marker(config.get("description"))
+    return bool(mark) and mark["service"] == service_id
 
 
 def pool_of(vm: dict, tenant: str) -> str:
@@ -203,8 +218,8 @@ def boot_disk(config: dict) -> tuple[str, float] | None:
     order = []
     boot = str(config.get("boot", ""))
     if boot.startswith("order="):
-        order = [d for d in boot[len("order="):].split(";") if DISK_KEY_RE.match(d)]
-    candidates = order + sorted(k for k in config if DISK_KEY_RE.match(k) and k not in order)
+        order = [d for d in boot[len("order="):].split(";") if DISK_KEY_RE.fullmatch(d)]
+    candidates = order + sorted(k for k in config if DISK_KEY_RE.fullmatch(k) and k not in order)
     for key in candidates:
         value = str(config.get(key, ""))
         if not value or "media=cdrom" in value or "cloudinit" in value:

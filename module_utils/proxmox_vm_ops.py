@@ -2,17 +2,56 @@
 
 Every asynchronous call is awaited through its UPID; transient errors (config/storage lock timeouts,
 `VM is locked`) are retried with backoff by PveClient.retrying.
+
+Second line of defence: whatever list of VMs a module was given (a role's internal facts could be overridden),
+every start, shutdown, stop and delete first re-reads that VM's config from Proxmox and refuses (NotOwned,
+naming the VMID and the tags found) unless it carries the owner and service tags of the service the module
+acts for (proxmox_vm_config.owned_by).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from ansible.module_utils.proxmox_api import PveApiError
+from ansible.module_utils.proxmox_vm_config import owned_by, split_tags
 
 
 class VmGone(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who a module acts for: the Fulcrum service id and the agent's owner tag."""
+
+    service_id: str
+    tag: str = "agentkube"
+
+
+class NotOwned(PveApiError):
+    """A VM whose own config does not mark it as the service's: nothing is done to it."""
+
+    def __init__(self, vmid, name, config: dict, owner: Owner):
+        tags = ";".join(split_tags(config.get("tags"))) or "none"
+        super().__init__(0, f"refusing to touch VM {vmid} ({name}): it is not owned by service {owner.service_id} "
+                            f"(tags found: {tags}; expected {owner.tag} and the service's svc- tag)")
+        self.vmid = vmid
+
+
+def require_owned(client, vm: dict, owner: Owner) -> dict:
+    """Re-read the VM's config from Proxmox and return it when the VM is the service's; NotOwned otherwise,
+    VmGone when it no longer exists."""
+    try:
+        config = client.retrying(lambda: client.vm_config(vm["node"], vm["vmid"]))
+    except PveApiError as e:
+        if e.missing:
+            raise VmGone(vm["vmid"]) from None
+        raise
+    if not owned_by(config, owner.tag, owner.service_id):
+        raise NotOwned(vm["vmid"], vm.get("name") or config.get("name") or "?", config or {}, owner)
+    return config
 
 
 def locate(client, vmid: int, name: str | None = None) -> dict:
@@ -38,12 +77,14 @@ def wait_unlocked(client, vmid: int, name: str | None, timeout: float) -> dict:
         delay = min(delay * 1.5, 2.0)
 
 
-def start(client, vm: dict, attempts: int, delay: float) -> bool:
-    """Start a stopped VM; a failed start task is retried `attempts` times. True if it was started."""
+def start(client, vm: dict, attempts: int, delay: float, *, owner: Owner) -> bool:
+    """Start a stopped VM of the service; a failed start task is retried `attempts` times. True if it was
+    started."""
     base = f"/nodes/{vm['node']}/qemu/{vm['vmid']}"
     status = client.retrying(lambda: client.vm_status(vm["node"], vm["vmid"]))
     if status.get("status") == "running":
         return False
+    require_owned(client, vm, owner)
     tries = 0
     while True:
         try:
@@ -58,27 +99,32 @@ def start(client, vm: dict, attempts: int, delay: float) -> bool:
             time.sleep(delay * (2 ** (tries - 1)))
 
 
-def stop(client, vm: dict, shutdown_timeout: int) -> bool:
-    """Graceful ACPI shutdown with a timeout, then a hard stop. True if the VM was running."""
+def stop(client, vm: dict, shutdown_timeout: int, *, owner: Owner) -> bool:
+    """Graceful ACPI shutdown with a timeout, then a hard stop, of a VM of the service. True if the VM was
+    running."""
     base = f"/nodes/{vm['node']}/qemu/{vm['vmid']}"
     status = client.retrying(lambda: client.vm_status(vm["node"], vm["vmid"]))
     if status.get("status") != "running":
         return False
+    require_owned(client, vm, owner)
     try:
         # The task itself gives up at `timeout` (PVE seconds); allow it that long plus the usual task wait.
         client.retrying(lambda: client.run_task(
             "POST", base + "/status/shutdown", vm["node"], {"timeout": shutdown_timeout, "forceStop": 0}))
     except PveApiError:
-        # The guest did not power off in time (or the shutdown failed): hard stop.
+        # The guest did not power off in time (or the shutdown failed): hard stop, still only the service's VM.
+        require_owned(client, vm, owner)
         client.retrying(lambda: client.run_task("POST", base + "/status/stop", vm["node"]))
     return True
 
 
-def destroy(client, vmid: int, name: str, shutdown_timeout: int, lock_timeout: float) -> bool:
-    """Stop, then delete with purge. A VM that is already gone is success (returns False)."""
+def destroy(client, vmid: int, name: str, shutdown_timeout: int, lock_timeout: float, *, owner: Owner) -> bool:
+    """Stop, then delete with purge, a VM of the service. A VM that is already gone is success (returns False);
+    one that is not the service's raises NotOwned before anything is done to it."""
     try:
         vm = wait_unlocked(client, vmid, name, lock_timeout)
-        stop(client, vm, shutdown_timeout)
+        stop(client, vm, shutdown_timeout, owner=owner)  # checks ownership itself when the VM runs
+        require_owned(client, vm, owner)
         client.retrying(lambda: client.run_task(
             "DELETE", f"/nodes/{vm['node']}/qemu/{vmid}", vm["node"],
             {"purge": 1, "destroy-unreferenced-disks": 1}))
