@@ -29,6 +29,7 @@ from agentkube.core.tenant_spec import validate_tenant_spec
 pytestmark = pytest.mark.integration
 
 LABEL = "agentkube.io/service-id"
+LAB_CNI = REPO / "roles" / "tenant_baseline" / "files" / "lab-cni-stand-in.yaml"
 parent = test_kamaji_tcp_role.parent  # the module-scoped parent cluster fixture, one per test module
 
 
@@ -142,7 +143,8 @@ def test_two_tcps_labelled_for_one_service_fail_naming_both(parent, tmp_path):
 def _validate(tmp_path, service_name: str, service_id: str, tenant: str) -> subprocess.CompletedProcess:
     variables = {"agentkube_job": {"id": str(uuid.uuid4()), "action": "validate"},
                  "agentkube_service": {"id": service_id, "name": service_name},
-                 "agentkube_tenant_name": tenant, "agentkube_tenant": spec(), "agentkube_previous": {}}
+                 "agentkube_tenant_name": tenant, "agentkube_tenant": spec(), "agentkube_previous": {},
+                 "tenant_baseline_cni_manifest_files": {"calico": [str(LAB_CNI)], "cilium": []}}
     vars_file = tmp_path / f"vars-{uuid.uuid4().hex[:6]}.json"
     vars_file.write_text(json.dumps(variables))
     vars_file.chmod(0o600)

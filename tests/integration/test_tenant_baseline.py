@@ -3,6 +3,7 @@ Pod Security Admission labels, extra manifests; idempotence; bad input fails bef
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import threading
 
@@ -86,9 +87,11 @@ def test_cni_from_a_mirror_url(lab, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/calico.yaml"
+        checksum = "sha256:" + hashlib.sha256((served / "calico.yaml").read_bytes()).hexdigest()
         extravars = _vars(lab, download_dir=tmp_path / "downloads",
                           tenant_baseline_cni_manifest_files={"calico": [], "cilium": []},
-                          tenant_baseline_cni_manifest_urls={"calico": [url], "cilium": []})
+                          tenant_baseline_cni_manifest_urls={"calico": [{"url": url, "checksum": checksum}],
+                                                             "cilium": []})
         run = run_playbook(tmp_path / "run", PLAY, INVENTORY, extravars)
     finally:
         server.shutdown()
