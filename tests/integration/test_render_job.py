@@ -7,10 +7,12 @@ import os
 import stat
 import subprocess
 
+import pytest
 from agent_harness import AGENTKUBE, SPEC, new_service
 
 from agentkube.core.job_vars import build_job_vars
 from agentkube.core.jobs import Job
+from agentkube.core.untrusted_yaml import load_untrusted
 from agentkube.lab.lab import Lab
 
 
@@ -27,9 +29,10 @@ def test_render_job_from_the_service_matches_the_agents_vars(tmp_path):
                            capture_output=True, text=True, env=_env(), timeout=60)
         assert r.returncode == 0, r.stderr
         job = Job.from_api(lab.fulcrum.jobs[0])
-    vars_file = out / "job-vars.json"
+    vars_file = out / "job-vars.yml"
     assert stat.S_IMODE(vars_file.stat().st_mode) == 0o600
-    written = json.loads(vars_file.read_text())
+    assert "--- !unsafe" in vars_file.read_text()  # the agent's own writer: every value is data
+    written = load_untrusted(vars_file.read_text())
     expected = build_job_vars(job)
     assert {k: v for k, v in written.items() if k != "agentkube_job"} == \
         {k: v for k, v in expected.items() if k != "agentkube_job"}
@@ -46,10 +49,20 @@ def test_render_job_from_job_json_without_fulcrum(tmp_path):
     r = subprocess.run([*AGENTKUBE, "render", "job", "--job-json", str(tmp_path / "job.json"), "--out",
                         str(tmp_path / "o")], capture_output=True, text=True, env=_env(), timeout=60)
     assert r.returncode == 0, r.stderr
-    written = json.loads((tmp_path / "o" / "job-vars.json").read_text())
+    written = load_untrusted((tmp_path / "o" / "job-vars.yml").read_text())
     assert written["agentkube_job"] == {"id": "j1", "action": "delete"}
     assert written["agentkube_previous"] == {"endpoint": "https://10.0.0.50:6443"}
     assert "playbooks/delete.yml" in r.stdout
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b"[" * 50_000, b"[1, 2]"])
+def test_render_job_with_a_bad_file_says_so_in_one_line(tmp_path, content):
+    (tmp_path / "job.json").write_bytes(content)
+    r = subprocess.run([*AGENTKUBE, "render", "job", "--job-json", str(tmp_path / "job.json"), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, env=_env(), timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.startswith("agentkube render job: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_render_job_names_the_bad_field(tmp_path):

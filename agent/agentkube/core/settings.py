@@ -183,9 +183,14 @@ def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | N
     data: dict[str, Any] = {}
     if config_file is not None:
         try:
-            loaded = yaml.safe_load(Path(config_file).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"config file {config_file}: {e}") from e
+            loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise ConfigError(f"config file {config_file}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {config_file}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        except (yaml.YAMLError, RecursionError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"config file {config_file}: not valid YAML: {first}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {config_file}: must be a YAML mapping")
         data = loaded
