@@ -32,7 +32,7 @@ from agentkube.agent.heartbeat import Heartbeat
 from agentkube.agent.job_stats import JobStats
 from agentkube.agent.metrics_loop import MetricsLoop
 from agentkube.core import shipped
-from agentkube.core.job_vars import JobInputError, build_job_vars, secret_paths, substitute_vault, vault_refs
+from agentkube.core.job_vars import JobInputError, build_job_vars, job_secret_paths, substitute_vault, vault_refs
 from agentkube.core.jobs import Job, JobResult
 from agentkube.core.operator_config import ConfigurationError, operator_vars
 from agentkube.core.redaction import Redactor, secret_values_in
@@ -65,8 +65,7 @@ class Agent:
         self._role_variables = role_variables(Path(settings.runner.project_dir))
         # vault:// references are resolved only where the shipped schemas mark a secret (never in names, ids,
         # agentInstanceData): properties under the job's raw params or validated spec
-        self._job_secret_paths = {(top, *p) for p in secret_paths(shipped.property_schema())
-                                  for top in ("agentkube_params", "agentkube_tenant")}
+        self._job_secret_paths = job_secret_paths(shipped.property_schema())
         self._stop = threading.Event()       # stop claiming
         self._cancel = threading.Event()     # cancel running playbooks (grace period over)
         self._wake = threading.Event()       # a job finished: poll again now

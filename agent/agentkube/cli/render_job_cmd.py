@@ -20,7 +20,7 @@ from pathlib import Path
 from agentkube.adapters.fulcrum_client import FulcrumClient, FulcrumError
 from agentkube.adapters.job_runner import write_vars_file
 from agentkube.core import shipped
-from agentkube.core.job_vars import JobInputError, build_job_vars, secret_paths, substitute_vault, vault_refs
+from agentkube.core.job_vars import JobInputError, build_job_vars, job_secret_paths, substitute_vault, vault_refs
 from agentkube.core.jobs import Job
 from agentkube.core.settings import ConfigError, Settings, load_settings
 
@@ -78,8 +78,7 @@ def run_job(args: argparse.Namespace) -> int:
         validate = settings.tenancy.validate_spec if settings else True
         variables = build_job_vars(job, window, validate, settings.tenancy.limits if settings else None)
         if args.resolve_secrets and client is not None:
-            paths = {(top, *p) for p in secret_paths(shipped.property_schema())
-                     for top in ("agentkube_params", "agentkube_tenant")}
+            paths = job_secret_paths(shipped.property_schema())
             resolved = {ref: client.resolve_secret(ref) for ref in sorted(vault_refs(variables, paths))}
             variables = substitute_vault(variables, paths, resolved)
         args.out.mkdir(parents=True, exist_ok=True, mode=0o700)

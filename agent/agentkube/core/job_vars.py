@@ -115,6 +115,12 @@ def secret_paths(property_schema: dict[str, Any] | None, _prefix: Path_ = ()) ->
     return out
 
 
+def job_secret_paths(property_schema: dict[str, Any] | None) -> set[Path_]:
+    """Where a vars document may hold vault references: the secret properties of the service type, under the
+    job's raw params or its validated spec. Never the names, ids or agentkube_previous."""
+    return {(top, *p) for p in secret_paths(property_schema) for top in ("agentkube_params", "agentkube_tenant")}
+
+
 def _at(data: Any, path: Path_) -> Any:
     for key in path:
         if not isinstance(data, dict) or key not in data:
