@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agentkube.adapters.fulcrum_client import FulcrumError, FulcrumUnavailable, TokenRejected
+from agentkube.adapters.fulcrum_client import FulcrumError, FulcrumUnavailable, MalformedAnswer, TokenRejected
 from agentkube.adapters.job_runner import PlaybookOutcome, PlaybookRun
 from agentkube.adapters.journal import Journal
 from agentkube.agent.loop import Agent
@@ -364,3 +364,11 @@ def test_an_unresolvable_vault_ref_fails_the_job_before_the_playbook(state_dir, 
     (result,) = client.reports
     assert result.error_message.startswith("could not resolve a vault secret for action 'create': ")
     assert runner.runs == []
+
+
+def test_a_malformed_agent_answer_stops_the_agent_with_a_message_not_a_traceback(state_dir, events, caplog):
+    client = FakeClient(events, [])
+    client.me_error = MalformedAnswer("GET /agents/me: the answer is not JSON (ValueError)")
+    with caplog.at_level("ERROR"):
+        assert make_agent(state_dir, client, FakeRunner(events)).run(once=True) == 3
+    assert "agent stopped: GET /agents/me: the answer is not JSON" in caplog.text

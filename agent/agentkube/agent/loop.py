@@ -163,6 +163,8 @@ class Agent:
             self._fatal = e
         except FulcrumUnavailable as e:  # never connected, or --once gave up waiting for Fulcrum
             self._fatal = e
+        except FulcrumError as e:  # e.g. GET /agents/me answered with something that is not the agent
+            self._fatal = e
         finally:
             self.shutdown()
         if isinstance(self._fatal, TokenRejected):
