@@ -52,14 +52,6 @@ def parse_marker(description) -> dict | None:
     return m.groupdict() if m else None
 
 
-def is_owned(vm: dict, owner: str, service_id: str, tenant: str) -> bool:
-    """Tagged for this service by this owner; or a half-made clone (no tags yet) named for this tenant."""
-    tags = split_tags(vm.get("tags"))
-    if tag_token(owner) in tags and service_tag(service_id) in tags:
-        return True
-    return not tags and not vm.get("template") and str(vm.get("name", "")).startswith(tenant + "-")
-
-
 def owned_by(config: dict, owner: str, service_id: str) -> bool:
     """Whether a VM's own config (read from Proxmox just now) marks it as this service's, by this owner.
 
