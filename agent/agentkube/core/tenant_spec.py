@@ -21,10 +21,33 @@ VERSION_RE = re.compile(r"v(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<pat
 _LABEL_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
 LABEL_KEY_RE = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?" + _LABEL_NAME)
 LABEL_VALUE_RE = re.compile(r"(" + _LABEL_NAME + r")?")
+# A DNS-1123 subdomain, optionally wildcarded: apimachinery's IsDNS1123Subdomain / IsWildcardDNS1123Subdomain
+# (staging/src/k8s.io/apimachinery/pkg/util/validation/validation.go), as kubeadm's ValidateCertSANs uses them.
 _DNS_NAME_RE = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 DEFAULT_MIN_MINOR = (1, 33)
 DEFAULT_MAX_MINOR = (1, 36)
+
+
+def cert_san_problem(san: str) -> str:
+    """'' when Kamaji's admission accepts `san` as a certSAN, else why not.
+
+    Kamaji validates networkProfile.certSANs with kubeadm's ValidateCertSANs (clastix/kamaji
+    internal/webhook/handlers/tcp_certsans.go; kubernetes/kubernetes cmd/kubeadm/app/apis/kubeadm/validation/
+    validation.go): each entry is a DNS-1123 subdomain, a wildcard one (`*.` + subdomain), both at most 253
+    bytes, or an IP address. kubeadm reads IPs sloppily (IPv4 octets with leading zeros); here an IP must be
+    canonical, and never carries a zone (`fe80::1%eth0`), which kubeadm refuses.
+    """
+    if "%" not in san and san.isascii():
+        try:
+            ipaddress.ip_address(san)
+            return ""
+        except ValueError:
+            pass
+    if len(san.encode("utf-8", "surrogatepass")) <= 253 and san.isascii() and _DNS_NAME_RE.fullmatch(san):
+        return ""
+    return ("is not an IP address, a DNS name or a wildcard DNS name (*.example.com) of at most 253 characters: "
+            "lowercase letters, digits, '-' and '.', each label starting and ending with a letter or digit")
 
 
 def parse_version(value: str) -> tuple[int, int, int]:
@@ -67,14 +90,10 @@ class ControlPlane(_Strict):
     @field_validator("certSANs")
     @classmethod
     def _sans(cls, v: list[str]) -> list[str]:
-        for san in v:
-            try:
-                ipaddress.ip_address(san)
-                continue
-            except ValueError:
-                pass
-            if len(san) > 253 or not _DNS_NAME_RE.fullmatch(san):
-                raise ValueError(f"{san!r} is neither an IP address nor a DNS name")
+        for i, san in enumerate(v):
+            problem = cert_san_problem(san)
+            if problem:
+                raise ValueError(f"entry {i} ({san!r}) {problem}")
         if len(set(v)) != len(v):
             raise ValueError("duplicate entries")
         return v
@@ -115,6 +134,8 @@ class Network(_Strict):
             ip = ipaddress.IPv4Address(self.dnsServiceIP)
         except ValueError as e:
             raise FieldError("dnsServiceIP", f"{self.dnsServiceIP!r} is not an IPv4 address") from e
+        # Kamaji's admission (clastix/kamaji internal/webhook/handlers/tcp_dns.go) refuses a dnsServiceIPs entry
+        # outside every service CIDR; the network and broadcast addresses are refused here as well.
         if ip not in svc or ip in (svc.network_address, svc.broadcast_address):
             raise FieldError(
                 "dnsServiceIP", f"{self.dnsServiceIP} must lie inside serviceCidr {self.serviceCidr}"
