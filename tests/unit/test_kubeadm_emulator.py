@@ -33,7 +33,9 @@ def tenant(tmp_path):
     t.store.put({"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
                  "metadata": {"name": f"bootstrap-token-{TOKEN_ID}", "namespace": "kube-system"},
                  "stringData": {"token-id": TOKEN_ID, "token-secret": TOKEN_SECRET, "expiration": expiration,
-                                "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true"}})
+                                "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
+                                # what `kubeadm token create` sets: the group kubeadm's join RBAC is bound to
+                                "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token"}})
     yield t
     emulator.stop()
 

@@ -14,7 +14,8 @@ from agentkube.lab.kamaji_controller import READY_DELAY_ANNOTATION, KamajiContro
 from agentkube.lab.kamaji_webhook import KamajiTcpWebhook
 from agentkube.lab.kube_http import Fault, KubeApiServer
 from agentkube.lab.kube_kubeconfig import kubeconfig_yaml, write_private
-from agentkube.lab.kube_resources import CORE_TYPES, DATA_STORE, KAMAJI_TYPES, ResourceCatalog
+from agentkube.lab.kube_rbac import SYSTEM_PRIVILEGED_GROUP, Identity
+from agentkube.lab.kube_resources import CORE_TYPES, DATA_STORE, KAMAJI_TYPES, RBAC_TYPES, ResourceCatalog
 from agentkube.lab.kube_store import ObjectStore
 from agentkube.lab.kube_tenant import TenantApi
 
@@ -47,7 +48,10 @@ class KubeEmulator:
         self._ca = LabCA(self.state_dir / "pki")
         cert = self._ca.issue("kube-parent", hosts=(host, "localhost"))
         self._token = secrets.token_urlsafe(32)
-        self.store = ObjectStore(ResourceCatalog(CORE_TYPES + KAMAJI_TYPES))
+        # bearer token -> identity: the admin (system:masters, RBAC bypassed) and identities added with
+        # add_identity() (e.g. the agent's ServiceAccount), which RBAC authorizes like any other user
+        self._identities: dict[str, Identity] = {self._token: Identity("kamaji-admin", (SYSTEM_PRIVILEGED_GROUP,))}
+        self.store = ObjectStore(ResourceCatalog(CORE_TYPES + RBAC_TYPES + KAMAJI_TYPES))
         self.webhook = KamajiTcpWebhook(
             max_version, datastore_exists=lambda name: self.store.find(DATA_STORE, None, name) is not None)
         self.schema = None
@@ -60,7 +64,7 @@ class KubeEmulator:
             self.store.admission_hooks.append(self.schema)
         self.store.admission_hooks.append(self.webhook)
         self.server = KubeApiServer(self.store, cert.cert_file, cert.key_file, host=host, port=port,
-                                    authenticate=lambda token: secrets.compare_digest(token, self._token),
+                                    authenticate=self._authenticate,
                                     git_version="v1.33.4", name="kamaji-parent")
         self.controller = KamajiController(self.store, self.state_dir / "tenants", ready_delay=ready_delay,
                                            delete_delay=delete_delay, host=host)
@@ -108,6 +112,26 @@ class KubeEmulator:
     def write_kubeconfig(self, path: Path) -> Path:
         """The parent cluster's admin kubeconfig (CA embedded, verified), written 0600."""
         return write_private(Path(path), self.kubeconfig)
+
+    # ---------------------------------------------------------------- identities (authentication + RBAC)
+    def _authenticate(self, token: str) -> Identity | None:
+        for known, identity in list(self._identities.items()):
+            if secrets.compare_digest(token, known):
+                return identity
+        return None
+
+    def add_identity(self, user: str, groups: tuple[str, ...] = ()) -> str:
+        """A new bearer token for `user` in `groups` (a ServiceAccount is user
+        system:serviceaccount:<ns>:<name>, groups system:serviceaccounts and system:serviceaccounts:<ns>). What it
+        may do is what the Roles/ClusterRoles bound to it grant: nothing until bound."""
+        token = secrets.token_urlsafe(32)
+        self._identities[token] = Identity(user, tuple(groups))
+        return token
+
+    def identity_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> str:
+        """A kubeconfig authenticating as `user` (see add_identity), for the agent's own identity."""
+        return kubeconfig_yaml(self.url, self._ca.ca_pem, user.replace(":", "-"), self.add_identity(user, groups),
+                               "kamaji-parent")
 
     # ---------------------------------------------------------------- tenants
     def tenant(self, namespace: str, name: str) -> TenantApi | None:

@@ -85,6 +85,27 @@ CORE_TYPES: tuple[ResourceType, ...] = (
     _core("Event", "events", True, ("ev",)),
 )
 
+# RBAC (rbac.authorization.k8s.io/v1): served by the parent and every tenant, and enforced (kube_rbac).
+RBAC_TYPES: tuple[ResourceType, ...] = (
+    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "Role", "roles", True),
+    ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", True),
+)
+
+# PodDisruptionBudgets (policy/v1, enforced by the eviction subresource, kube_disruption) and the workload
+# controllers whose scale a budget's maxUnavailable / percentage minAvailable is counted against.
+POLICY_TYPES: tuple[ResourceType, ...] = (
+    ResourceType("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", True, ("pdb",),
+                 subresources=("status",)),
+    ResourceType("apps", "v1", "ReplicaSet", "replicasets", True, ("rs",), subresources=("status", "scale"),
+                 scale_spec_path="spec.replicas", scale_status_path="status.replicas",
+                 scale_selector_path="spec.selector"),
+    ResourceType("apps", "v1", "StatefulSet", "statefulsets", True, ("sts",), subresources=("status", "scale"),
+                 scale_spec_path="spec.replicas", scale_status_path="status.replicas",
+                 scale_selector_path="spec.selector"),
+)
+
 # What a tenant's API server also serves for the baseline (CNI manifests, policies, quotas) and for drains.
 TENANT_EXTRA_TYPES: tuple[ResourceType, ...] = (
     _core("ResourceQuota", "resourcequotas", True, ("quota",), ("status",)),
@@ -94,10 +115,8 @@ TENANT_EXTRA_TYPES: tuple[ResourceType, ...] = (
     ResourceType("apps", "v1", "Deployment", "deployments", True, ("deploy",), subresources=("status", "scale"),
                  scale_spec_path="spec.replicas", scale_status_path="status.replicas",
                  scale_selector_path="spec.selector"),
-    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", False),
-    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", False),
-    ResourceType("rbac.authorization.k8s.io", "v1", "Role", "roles", True),
-    ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", True),
+    *RBAC_TYPES,
+    *POLICY_TYPES,
     ResourceType("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", False,
                  ("crd",), subresources=("status",)),
 )

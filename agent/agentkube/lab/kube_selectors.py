@@ -101,3 +101,34 @@ def matches(obj: dict, labels: tuple[Requirement, ...], fields: tuple[Requiremen
         return False
     # a field that is absent compares as "" (the apiserver's field sets hold every supported field)
     return all(r.matches(lambda p: _dotted(obj, p) or "") for r in fields)
+
+
+def label_selector_requirements(selector: object) -> tuple[Requirement, ...] | None:
+    """A metav1.LabelSelector object as requirements, as LabelSelectorAsSelector converts it
+    (staging/src/k8s.io/apimachinery/pkg/apis/meta/v1/helpers.go): matchLabels are equalities, matchExpressions
+    In/NotIn/Exists/DoesNotExist (In/NotIn need values, Exists/DoesNotExist none). None when the selector is
+    invalid (callers decide: a PDB with an invalid selector matches nothing). An empty tuple is the empty
+    selector (which matches everything where the caller allows it)."""
+    if selector is None:
+        return None
+    if not isinstance(selector, dict):
+        return None
+    reqs: list[Requirement] = []
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if not isinstance(value, str):
+            return None
+        reqs.append(Requirement(str(key), "=", (value,)))
+    ops = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!exists"}
+    for expr in selector.get("matchExpressions") or []:
+        if not isinstance(expr, dict) or expr.get("operator") not in ops:
+            return None
+        op, values = ops[expr["operator"]], tuple(expr.get("values") or ())
+        if (op in ("in", "notin")) != bool(values):
+            return None
+        reqs.append(Requirement(str(expr.get("key", "")), op, values))
+    return tuple(reqs)
+
+
+def labels_match(reqs: tuple[Requirement, ...], labels: dict | None) -> bool:
+    labels = labels or {}
+    return all(r.matches(labels.get) for r in reqs)

@@ -5,6 +5,9 @@ admission hooks, label/field selectors and real `kind: Status` errors."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import copy
 import datetime as dt
 import re
@@ -96,6 +99,11 @@ class ObjectStore:
         self.listeners: list[Listener] = []
 
     # ---------------------------------------------------------------- bookkeeping
+    @property
+    def lock(self) -> threading.RLock:
+        """The store's re-entrant lock: hold it to read and write as one step (the eviction handler does)."""
+        return self._lock
+
     @property
     def resource_version(self) -> str:
         with self._lock:
@@ -196,6 +204,7 @@ class ObjectStore:
             if rtype.kind == "Namespace":
                 obj.setdefault("spec", {"finalizers": ["kubernetes"]})
                 obj["status"] = {"phase": "Active"}
+            _default_and_convert(rtype, obj)
             self._admit(AdmissionRequest("CREATE", rtype, obj, None))
             self._check_name(rtype, obj["metadata"].get("name") or "")
             if dry_run:
@@ -297,6 +306,7 @@ class ObjectStore:
             else:
                 meta.pop(field, None)
         meta.pop("managedFields", None)
+        _default_and_convert(rtype, new)
         if subresource != "status" and _spec_of(new) != _spec_of(old):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         self._admit(AdmissionRequest("UPDATE", rtype, new, copy.deepcopy(old), subresource))
@@ -307,7 +317,10 @@ class ObjectStore:
             return new
         meta["resourceVersion"] = self._next_rv()
         key = self._key(rtype, meta.get("namespace"), meta["name"])
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") and \
+                int(old_meta.get("deletionGracePeriodSeconds") or 0) == 0:
+            # the last finalizer removed from an object whose grace period is over: it goes
+            # (staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go, ShouldDeleteDuringUpdate)
             self._bucket(rtype).pop(key, None)
             self._notify("DELETED", rtype, new)
             self._after_removal(rtype, new)
@@ -317,9 +330,17 @@ class ObjectStore:
         return copy.deepcopy(new)
 
     def delete(self, rtype: ResourceType, namespace: str | None, name: str, dry_run: bool = False,
-               preconditions: dict | None = None) -> tuple[dict, bool]:
-        """Deletes an object; returns (object, removed). An object with finalizers is only marked
-        (deletionTimestamp) and stays until they are removed."""
+               preconditions: dict | None = None, *, grace_period_seconds: int | None = None,
+               propagation_policy: str | None = None) -> tuple[dict, bool]:
+        """Deletes an object; returns (object, removed). A pod bound to a node terminates through its grace
+        period first (deletionTimestamp set, removed once the period is over, as its kubelet would). An object
+        with finalizers is only marked (deletionTimestamp) and stays until they are removed. Once removed, the
+        garbage collector deletes (or, with propagationPolicy Orphan, releases) its dependents."""
+        if propagation_policy not in (None, "Orphan", "Background", "Foreground"):
+            raise bad_request(f'propagationPolicy: Unsupported value: "{propagation_policy}": supported values: '
+                              '"Foreground", "Background", "Orphan"')
+        if grace_period_seconds is not None and not isinstance(grace_period_seconds, int):
+            raise bad_request("gracePeriodSeconds must be an integer")
         with self._lock:
             key = self._key(rtype, namespace, name)
             obj = self._bucket(rtype).get(key)
@@ -337,18 +358,70 @@ class ObjectStore:
                 return copy.deepcopy(obj), False
             if rtype.kind == "Namespace":
                 return self._delete_namespace(rtype, obj)
-            if obj["metadata"].get("finalizers"):
-                if not obj["metadata"].get("deletionTimestamp"):
-                    obj["metadata"]["deletionTimestamp"] = now_rfc3339()
-                    obj["metadata"]["deletionGracePeriodSeconds"] = 0
-                    obj["metadata"]["resourceVersion"] = self._next_rv()
+            meta = obj["metadata"]
+            if rtype.kind == "Pod" and not self._graceful_delete(rtype, obj, grace_period_seconds):
+                return copy.deepcopy(obj), False
+            if meta.get("finalizers"):
+                if not meta.get("deletionTimestamp") or int(meta.get("deletionGracePeriodSeconds") or 0) != 0:
+                    meta["deletionTimestamp"] = meta.get("deletionTimestamp") or now_rfc3339()
+                    meta["deletionGracePeriodSeconds"] = 0
+                    meta["resourceVersion"] = self._next_rv()
                     self._notify("MODIFIED", rtype, obj)
                 return copy.deepcopy(obj), False
             del self._bucket(rtype)[key]
-            obj["metadata"]["resourceVersion"] = self._next_rv()
+            meta["resourceVersion"] = self._next_rv()
             self._notify("DELETED", rtype, obj)
-            self._after_removal(rtype, obj)
+            self._after_removal(rtype, obj, propagation_policy)
             return copy.deepcopy(obj), True
+
+    def _graceful_delete(self, rtype: ResourceType, pod: dict, requested: int | None) -> bool:
+        """Lock held. The grace period of a pod's deletion, as pkg/registry/core/pod/strategy.go
+        (CheckGracefulDelete: the request's gracePeriodSeconds, else spec.terminationGracePeriodSeconds; 0 for a
+        pod bound to no node or already Succeeded/Failed; a negative value becomes 1) and
+        staging/src/k8s.io/apiserver/pkg/registry/rest/delete.go (BeforeDelete: deletionTimestamp = now + period;
+        a pod already terminating only takes a shorter period, counted from when its deletion started).
+        Returns True when the pod is to go now (period 0), False when it stays Terminating."""
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        period = requested if requested is not None else spec.get("terminationGracePeriodSeconds") or 0
+        if not spec.get("nodeName") or (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
+            period = 0
+        if period < 0:
+            period = 1
+        now = dt.datetime.now(dt.UTC)
+        if meta.get("deletionTimestamp"):
+            current = meta.get("deletionGracePeriodSeconds")
+            if current is not None and period >= int(current):
+                return int(current) == 0
+            started = _parse_rfc3339(meta["deletionTimestamp"]) - dt.timedelta(seconds=int(current or 0))
+        else:
+            started = now
+        if period == 0:
+            return True
+        meta["deletionTimestamp"] = (started + dt.timedelta(seconds=period)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        meta["deletionGracePeriodSeconds"] = period
+        meta["resourceVersion"] = self._next_rv()
+        self._notify("MODIFIED", rtype, pod)
+        remaining = max((started + dt.timedelta(seconds=period) - now).total_seconds(), 0.0)
+        self._schedule_termination(rtype, meta.get("namespace"), meta["name"], meta.get("uid"), remaining)
+        return False
+
+    def _schedule_termination(self, rtype: ResourceType, namespace: str | None, name: str, uid: str | None,
+                              delay: float) -> None:
+        """The emulated kubelet (no kubelet runs in the lab): once the grace period is over the pod's containers
+        are stopped and the kubelet deletes the pod with a zero grace period. Real seconds pass."""
+        def finish() -> None:
+            with self._lock:
+                current = self._bucket(rtype).get(self._key(rtype, namespace, name))
+                if current is None or current["metadata"].get("uid") != uid or \
+                        not current["metadata"].get("deletionTimestamp"):
+                    return
+                # an admission hook that refuses leaves the pod Terminating, as with a stuck kubelet
+                with contextlib.suppress(ApiError):
+                    self.delete(rtype, namespace, name, grace_period_seconds=0)
+
+        timer = threading.Timer(delay, finish)
+        timer.daemon = True
+        timer.start()
 
     def _delete_namespace(self, rtype: ResourceType, ns: dict) -> tuple[dict, bool]:
         name = ns["metadata"]["name"]
@@ -379,9 +452,48 @@ class ObjectStore:
         self._notify("DELETED", ns_type, ns)
         return True
 
-    def _after_removal(self, rtype: ResourceType, obj: dict) -> None:
+    def _after_removal(self, rtype: ResourceType, obj: dict, propagation_policy: str | None = None) -> None:
         if rtype.namespaced:
             self._finish_namespace(obj["metadata"].get("namespace", ""))
+        self._collect_garbage(obj, propagation_policy)
+
+    def _collect_garbage(self, owner: dict, propagation_policy: str | None) -> None:
+        """Lock held. The garbage collector once an owner is gone (pkg/controller/garbagecollector/
+        garbagecollector.go, attemptToDeleteItem / orphanDependents): a dependent all of whose owners are gone
+        is deleted (background propagation: the owner first, then its dependents); one that still has another
+        owner only loses the dangling reference; with propagationPolicy Orphan every dependent only loses the
+        reference. Foreground propagation is handled as background (the product does not use it). Dependents
+        whose owner never existed are not collected here (the real collector would delete them)."""
+        uid = owner["metadata"].get("uid")
+        if not uid:
+            return
+        owner_ns = owner["metadata"].get("namespace")
+        for t in self.catalog.types:
+            for key, dep in list(self._bucket(t).items()):
+                refs = dep["metadata"].get("ownerReferences") or []
+                if not any(r.get("uid") == uid for r in refs):
+                    continue
+                if owner_ns and t.namespaced and dep["metadata"].get("namespace") != owner_ns:
+                    continue  # a namespaced owner owns only dependents of its namespace
+                if self._bucket(t).get(key) is not dep:
+                    continue
+                remaining = [r for r in refs if r.get("uid") != uid and self._uid_exists(r)]
+                if propagation_policy == "Orphan" or remaining:
+                    new = copy.deepcopy(dep)
+                    new["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != uid]
+                    if not new["metadata"]["ownerReferences"]:
+                        del new["metadata"]["ownerReferences"]
+                    self._update(t, dep, new, "", False)
+                elif not dep["metadata"].get("deletionTimestamp"):
+                    # refused by admission: the collector would retry later in a real cluster
+                    with contextlib.suppress(ApiError):
+                        self.delete(t, dep["metadata"].get("namespace"), dep["metadata"]["name"])
+
+    def _uid_exists(self, ref: dict) -> bool:
+        rtype = self.catalog.by_kind(ref.get("apiVersion", ""), ref.get("kind", ""))
+        if rtype is None:
+            return True  # a kind this server does not serve: the lab cannot tell, keep the reference
+        return any(o["metadata"].get("uid") == ref.get("uid") for o in self._bucket(rtype).values())
 
     def delete_collection(self, rtype: ResourceType, namespace: str | None, label_selector: str | None = None,
                           field_selector: str | None = None, dry_run: bool = False) -> list[dict]:
@@ -442,6 +554,9 @@ class ObjectStore:
         return namespace
 
     def _check_name(self, rtype: ResourceType, name: str) -> None:
+        if rtype.group == "rbac.authorization.k8s.io" and name and name not in (".", "..") \
+                and not any(c in name for c in "/%"):
+            return  # ValidateRBACName = path.IsValidPathSegmentName (pkg/apis/rbac/validation): "kubeadm:..." is valid
         pattern = _DNS1123_LABEL if rtype.kind == "Namespace" else _DNS1123_SUBDOMAIN
         limit = 63 if rtype.kind == "Namespace" else 253
         if not name:
@@ -454,6 +569,47 @@ class ObjectStore:
                            f"{'label' if rtype.kind == 'Namespace' else 'subdomain'} must consist of lower case "
                            "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric "
                            "character"}])
+
+
+def _parse_rfc3339(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _default_and_convert(rtype: ResourceType, obj: dict) -> None:
+    """What decoding a write does to an object before it is stored (defaults and internal conversion)."""
+    if rtype.group or rtype.version != "v1":
+        return
+    if rtype.kind == "Pod":
+        # pkg/apis/core/v1/defaults.go (SetDefaults_PodSpec): DefaultTerminationGracePeriodSeconds = 30
+        spec = obj.get("spec")
+        if isinstance(spec, dict) and spec.get("terminationGracePeriodSeconds") is None:
+            spec["terminationGracePeriodSeconds"] = 30
+    elif rtype.kind == "Secret":
+        # pkg/apis/core/v1/conversion.go (Convert_v1_Secret_To_core_Secret): stringData is write-only, merged
+        # into data (base64 on the wire) over any key of the same name, and never stored or returned.
+        # data values must be base64 (the JSON decoding of []byte fails with 400 otherwise).
+        data = obj.get("data")
+        if data is not None and not isinstance(data, dict):
+            raise bad_request("data must be an object")
+        for key, value in (data or {}).items():
+            try:
+                # Go's base64 decoder skips line breaks; anything else outside the alphabet fails
+                base64.b64decode(value.replace("\n", "").replace("\r", "") if isinstance(value, str) else "",
+                                 validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise bad_request(f"Secret in version \"v1\" cannot be handled as a Secret: illegal base64 "
+                                  f"data in data.{key}") from e
+            if not isinstance(value, str):
+                raise bad_request(f"Secret in version \"v1\" cannot be handled as a Secret: data.{key} must "
+                                  "be a base64 string")
+        string_data = obj.pop("stringData", None)
+        if string_data:
+            if not isinstance(string_data, dict) or not all(isinstance(v, str) for v in string_data.values()):
+                raise bad_request("Secret in version \"v1\" cannot be handled as a Secret: stringData values "
+                                  "must be strings")
+            merged = dict(data or {})
+            merged.update({k: base64.b64encode(v.encode()).decode() for k, v in string_data.items()})
+            obj["data"] = merged
 
 
 def _spec_of(obj: dict) -> dict:
