@@ -31,6 +31,7 @@ PLAYBOOK = """
       metadata: {name: demo, namespace: tenants, labels: {agentkube.io/service-id: svc-1}}
       spec:
         dataStoreSchema: tenants_demo
+        networkProfile: {}  # Kamaji's CEL rules on spec read it: without it the apiserver refuses the TCP
         controlPlane: {deployment: {replicas: 1}, service: {serviceType: ClusterIP}}
         kubernetes:
           version: v1.34.2

@@ -249,6 +249,9 @@ def test_crd_schema_validation_when_contracts_are_present(tmp_path: Path) -> Non
         assert fields == {"spec.controlPlane.service.serviceType", "spec.kubernetes.kubelet"}
         good = tcp()
         good["spec"]["unknownField"] = True
+        # Kamaji's CEL rules on spec read self.networkProfile.*: without networkProfile, cel-go answers "no such
+        # key: networkProfile" and the apiserver refuses the TCP (kube_cel, issue 11)
+        good["spec"]["networkProfile"] = {}
         created = tcps.create(body=good, namespace=NS).to_dict()
         assert "unknownField" not in created["spec"]  # pruned, as a structural schema does
         assert created["spec"]["controlPlane"]["deployment"]["strategy"]["type"] == "RollingUpdate"  # defaulted

@@ -1,10 +1,11 @@
 """What a real apiserver does with a CRD's structural openAPIV3Schema on create and update: prune unknown
 fields (a Warning, or 400 with fieldValidation=Strict), apply `default`s, validate (422 Invalid with field
-causes), and evaluate the CRD's x-kubernetes-validations rules (through kube_cel's subset of CEL)."""
+causes), and evaluate the CRD's x-kubernetes-validations rules (kube_cel: cel-python with Kubernetes' CEL library)."""
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from agentkube.lab.kube_cel import CelError, evaluate
+from agentkube.lab.kube_cel import CelError, Program, compile_rule
 from agentkube.lab.kube_resources import ResourceType
 from agentkube.lab.kube_store import AdmissionRequest, bad_request, invalid
 
@@ -114,6 +115,7 @@ class CrdSchemaValidator:
         self.group, self.kind, self.version = spec["group"], spec["names"]["kind"], chosen["name"]
         self.schema = chosen["schema"]["openAPIV3Schema"]
         self._validator = jsonschema.Draft4Validator(_to_jsonschema(self.schema))
+        self._programs = _compile_rules(self.schema)  # a rule that does not compile: the apiserver refuses the CRD
 
     @classmethod
     def from_file(cls, path: Path, version: str | None = None) -> CrdSchemaValidator:
@@ -152,7 +154,7 @@ class CrdSchemaValidator:
         name = obj.get("metadata", {}).get("name", "")
         causes = [_cause(e) for e in sorted(self._validator.iter_errors(obj), key=lambda e: list(e.path))]
         if not causes:
-            causes = _rules(obj, old, self.schema, [])
+            causes = _rules(obj, old, self.schema, [], self._programs)
         if causes:
             raise invalid(rtype, name, causes)
         return pruned
@@ -193,30 +195,117 @@ def _default(value: Any, schema: dict) -> None:
 
 
 _MISSING = object()
+_CEL_RULE_KEYS = {"rule", "message", "messageExpression", "reason", "fieldPath"}
+_REASONS = {None: ("FieldValueInvalid", "Invalid value"), "FieldValueInvalid": ("FieldValueInvalid", "Invalid value"),
+            "FieldValueForbidden": ("FieldValueForbidden", "Forbidden"),
+            "FieldValueRequired": ("FieldValueRequired", "Required value"),
+            "FieldValueDuplicate": ("FieldValueDuplicate", "Duplicate value")}
 
 
-def _rules(value: Any, old: Any, schema: dict, path: list[Any]) -> list[dict]:
-    """x-kubernetes-validations, bottom-up; transition rules (oldSelf) only where an old value exists."""
+def _schema_nodes(schema: dict):
+    yield schema
+    for sub in (schema.get("properties") or {}).values():
+        yield from _schema_nodes(sub)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            yield from _schema_nodes(schema[key])
+
+
+def _compile_rules(schema: dict) -> dict[str, Program]:
+    """Every rule and messageExpression of the schema, compiled once; a rule that would not compile (syntax, an
+    undeclared function or variable), an unknown reason, or a feature the lab does not emulate raises CelError,
+    as kube-apiserver refuses such a CRD (apiextensions validation of x-kubernetes-validations)."""
+    programs: dict[str, Program] = {}
+    for node in _schema_nodes(schema):
+        for rule in node.get("x-kubernetes-validations") or []:
+            unknown = set(rule) - _CEL_RULE_KEYS - {"optionalOldSelf"}
+            if unknown or rule.get("optionalOldSelf"):
+                raise CelError(f"x-kubernetes-validations {rule.get('rule')!r}: not emulated: "
+                               f"{sorted(unknown) or 'optionalOldSelf'}")
+            if rule.get("reason") not in _REASONS:
+                raise CelError(f"x-kubernetes-validations {rule['rule']!r}: unsupported reason {rule['reason']!r}")
+            try:
+                programs[rule["rule"]] = compile_rule(rule["rule"])
+                if rule.get("messageExpression"):
+                    programs[rule["messageExpression"]] = compile_rule(rule["messageExpression"])
+            except CelError as e:
+                raise CelError(f"x-kubernetes-validations rule {rule['rule']!r}: compile error: {e}") from e
+    return programs
+
+
+def _go_value(value: Any) -> str:
+    """field.Error.ErrorBody's rendering of a scalar bad value (k8s.io/apimachinery/pkg/util/validation/field)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
+def _rule_path(path: list[Any], field_path: str | None) -> list[Any]:
+    """The rule's fieldPath (".a.b" or "['a']"), relative to the node, as validation.go's ValidFieldPath reads it."""
+    if not field_path:
+        return path
+    return [*path, *[a or b for a, b in re.findall(r"\.([^.\[\]]+)|\['((?:[^'\\]|\\.)*)'\]", field_path)]]
+
+
+def _rules(value: Any, old: Any, schema: dict, path: list[Any], programs: dict[str, Program]) -> list[dict]:
+    """x-kubernetes-validations as kube-apiserver evaluates them, transcribed from
+    staging/src/k8s.io/apiextensions-apiserver/pkg/apiserver/schema/cel/validation.go (validateExpressions,
+    validateMap, validateArray): null values are not validated; a transition rule (one using oldSelf) only runs
+    where an old value exists; an evaluation error is field.Invalid(<schema type>, "<error> evaluating rule:
+    <message or rule>"); a false result is field.Invalid (or the rule's reason) at the node (plus the rule's
+    fieldPath) with messageExpression, else message, else "failed rule: <rule>", the value omitted for objects
+    and arrays. The node's own rules come first, then its properties, additionalProperties and items. Not
+    emulated: ratcheting (CRDValidationRatcheting), the cost budget, old values of listType=map items."""
+    if value is None:
+        return []
     causes: list[dict] = []
+    stype = schema.get("type", "")
+    env = {"self": value, **({} if old is _MISSING or old is None else {"oldSelf": old})}
+    for rule in schema.get("x-kubernetes-validations") or []:
+        program, text = programs[rule["rule"]], (rule.get("message") or "").strip() or rule["rule"].strip()
+        if program.uses_old_self and "oldSelf" not in env:
+            continue
+        field = _field(path)
+        try:
+            ok = program.evaluate(env)
+        except CelError as e:
+            detail = (f"'{e}': call arguments did not match a supported operator, function or macro signature for "
+                      f"rule: {text}" if str(e).startswith("no such overload") else f"{e} evaluating rule: {text}")
+            causes.append({"reason": "FieldValueInvalid", "field": field,
+                           "message": f'Invalid value: "{stype}": {detail}'})
+            continue
+        if ok is True:
+            continue
+        detail = (rule.get("message") or "").strip() or f"failed rule: {text}"
+        if rule.get("messageExpression"):
+            try:
+                message = programs[rule["messageExpression"]].evaluate(env)
+            except CelError:
+                message = None  # validation.go: logged, the rule's message is used
+            if isinstance(message, str) and message.strip() and "\n" not in message.strip():
+                detail = message.strip()
+        reason, word = _REASONS[rule.get("reason")]
+        field = _field(_rule_path(path, rule.get("fieldPath")))
+        if reason == "FieldValueDuplicate":
+            body = f"{word}: {_go_value(value)}" if stype not in ("object", "array") else word
+        elif reason in ("FieldValueForbidden", "FieldValueRequired") or stype in ("object", "array"):
+            body = f"{word}: {detail}"
+        else:
+            body = f"{word}: {_go_value(value)}: {detail}"
+        causes.append({"reason": reason, "field": field, "message": body})
     if isinstance(value, dict):
         for key, sub in (schema.get("properties") or {}).items():
             if key in value and not (not path and key in _ROOT_KEEP):
                 old_child = old.get(key, _MISSING) if isinstance(old, dict) else _MISSING
-                causes += _rules(value[key], old_child, sub, [*path, key])
+                causes += _rules(value[key], old_child, sub, [*path, key], programs)
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict) and not schema.get("properties"):
+            for key, item in value.items():
+                old_child = old.get(key, _MISSING) if isinstance(old, dict) else _MISSING
+                causes += _rules(item, old_child, extra, [*path, key], programs)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for i, item in enumerate(value):
-            causes += _rules(item, _MISSING, schema["items"], [*path, i])
-    for rule in schema.get("x-kubernetes-validations") or []:
-        expression = rule["rule"]
-        if "oldSelf" in expression and old is _MISSING and not rule.get("optionalOldSelf"):
-            continue
-        try:
-            ok = evaluate(expression, {"self": value, "oldSelf": None if old is _MISSING else old})
-        except CelError:
-            continue  # outside the emulated CEL subset: not enforced (the real apiserver would)
-        if ok is not True:
-            field = _field(path)
-            causes.append({"reason": "FieldValueInvalid", "field": field,
-                           "message": f'Invalid value: "{_type_name(value)}": '
-                                      f"{rule.get('message') or f'failed rule: {expression}'}"})
+            causes += _rules(item, _MISSING, schema["items"], [*path, i], programs)
     return causes
