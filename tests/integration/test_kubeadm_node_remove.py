@@ -4,6 +4,7 @@ a never-joined node, and a kubelet on the wrong minor."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -83,7 +84,9 @@ def test_join_never_leaks_the_bootstrap_token_and_deletes_it(cache, lab, tmp_pat
     assert run.rc == 0, run.stdout
     assert lab.get("Node", NODE) is not None
     assert len(created) == 1, "one per-node bootstrap token"
-    data = created[0].get("stringData") or {}
+    # stringData is merged into data by the apiserver and never stored
+    data = {k: base64.b64decode(v).decode() for k, v in (created[0].get("data") or {}).items()}
+    assert "stringData" not in created[0]
     secret = data["token-secret"]
     full = f"{data['token-id']}.{secret}"
     text = run.stdout + run.artifacts_text()
