@@ -2,9 +2,10 @@
 
     python -m agentkube.lab.kube_emulator_main --state-dir DIR --kubeconfig FILE --pidfile FILE [--daemon]
 
-It writes the parent kubeconfig (0600), then the pidfile (its presence means "ready"), and serves on
-127.0.0.1 until SIGTERM/SIGINT. With --daemon it detaches (logs in DIR/emulator.log) and returns once ready,
-so an Ansible task can start it; stop it with `kill $(cat PIDFILE)`.
+It writes the parent kubeconfig (0600; the admin, in system:masters), with --identity-kubeconfig also one for a
+non-admin identity that RBAC authorizes (the agent's own ServiceAccount by default), then the pidfile (its
+presence means "ready"), and serves on 127.0.0.1 until SIGTERM/SIGINT. With --daemon it detaches (logs in
+DIR/emulator.log) and returns once ready, so an Ansible task can start it; stop it with `kill $(cat PIDFILE)`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from agentkube.lab.kube_emulator import KubeEmulator
+from agentkube.lab.kube_kubeconfig import write_private
 
 READY_WAIT = 60.0
 
@@ -32,6 +34,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ready-delay", type=float, default=1.0, help="seconds from Provisioning to Ready")
     parser.add_argument("--max-version", default="v1.36", help="Kamaji's maximum Kubernetes version")
     parser.add_argument("--daemon", action="store_true", help="detach and return once ready")
+    parser.add_argument("--identity-kubeconfig", type=Path,
+                        help="also write a kubeconfig for --identity-user (RBAC-authorized, not an admin)")
+    parser.add_argument("--identity-user", default="system:serviceaccount:agentkube:agentkube",
+                        help="the user of --identity-kubeconfig (default: the agent's ServiceAccount)")
+    parser.add_argument("--identity-groups", default="system:serviceaccounts,system:serviceaccounts:agentkube",
+                        help="comma-separated groups of --identity-user")
     return parser.parse_args(argv)
 
 
@@ -44,6 +52,9 @@ def serve(args: argparse.Namespace) -> int:
     emulator.start()
     try:
         emulator.write_kubeconfig(args.kubeconfig)
+        if args.identity_kubeconfig is not None:
+            groups = tuple(g for g in args.identity_groups.split(",") if g)
+            write_private(args.identity_kubeconfig, emulator.identity_kubeconfig(args.identity_user, groups))
         tmp = args.pidfile.with_suffix(".tmp")
         tmp.write_text(f"{os.getpid()}\n")
         tmp.replace(args.pidfile)
