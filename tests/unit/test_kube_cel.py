@@ -343,3 +343,18 @@ def test_contract_crds_compile() -> None:
     for name in ("tenantcontrolplanes.crd.yaml", "datastores.crd.yaml"):
         crd = next(d for d in yaml.safe_load_all((CONTRACTS / name).read_text()) if d)
         assert CrdSchemaValidator(crd)._programs  # every rule compiled (an unknown function would raise)
+
+
+def test_schema_errors_that_block_cel_and_those_that_do_not() -> None:
+    """strategy.go hasBlockingErr: an enum/required/type/size error stops CEL (one more cause says so); a pattern
+    error does not, and the CEL causes follow."""
+    validator = CrdSchemaValidator(_crd([{"rule": "self.replicas < 3", "message": "too many"}], {
+        "mode": {"type": "string", "enum": ["a", "b"]}, "tag": {"type": "string", "pattern": "^v"}}))
+    thing = {"apiVersion": "example.com/v1", "kind": "Thing", "metadata": {"name": "x"},
+             "spec": {"replicas": 5, "tag": "1.0"}}
+    assert [c["field"] for c in _causes(validator, THING, thing)] == ["spec.tag", "spec"]
+    blocked = _causes(validator, THING, {**thing, "spec": {"replicas": 5, "mode": "c"}})
+    assert blocked[-1] == {"reason": "FieldValueInvalid", "field": "<nil>", "message": 'Invalid value: "null": some '
+                           "validation rules were not checked because the object was invalid; correct the existing "
+                           "errors to complete validation"}
+    assert [c["field"] for c in blocked] == ["spec.mode", "<nil>"]

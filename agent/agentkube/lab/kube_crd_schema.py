@@ -153,8 +153,14 @@ class CrdSchemaValidator:
                     _default(obj[key], sub)
         name = obj.get("metadata", {}).get("name", "")
         causes = [_cause(e) for e in sorted(self._validator.iter_errors(obj), key=lambda e: list(e.path))]
-        if not causes:
-            causes = _rules(obj, old, self.schema, [], self._programs)
+        # pkg/registry/customresource/strategy.go hasBlockingErr: CEL rules run unless a type, required, enum or
+        # size violation was found; then one more cause says they were not checked
+        if any(c["reason"] in _BLOCKING for c in causes):
+            causes.append({"reason": "FieldValueInvalid", "field": "<nil>", "message": 'Invalid value: "null": some '
+                           "validation rules were not checked because the object was invalid; correct the existing "
+                           "errors to complete validation"})
+        else:
+            causes += _rules(obj, old, self.schema, [], self._programs)
         if causes:
             raise invalid(rtype, name, causes)
         return pruned
@@ -195,6 +201,8 @@ def _default(value: Any, schema: dict) -> None:
 
 
 _MISSING = object()
+_BLOCKING = {"FieldValueNotSupported", "FieldValueRequired", "FieldValueTooLong", "FieldValueTooMany",
+             "FieldValueTypeInvalid"}
 _CEL_RULE_KEYS = {"rule", "message", "messageExpression", "reason", "fieldPath"}
 _REASONS = {None: ("FieldValueInvalid", "Invalid value"), "FieldValueInvalid": ("FieldValueInvalid", "Invalid value"),
             "FieldValueForbidden": ("FieldValueForbidden", "Forbidden"),
