@@ -74,7 +74,7 @@ def test_discovery_publishes_kamaji_types(api: client.ApiClient) -> None:
     assert by_name["tenantcontrolplanes/status"]["kind"] == "TenantControlPlane"
     assert by_name["tenantcontrolplanes/scale"]["kind"] == "Scale"
     groups = client.ApisApi(api).get_api_versions().to_dict()["groups"]
-    assert [g["name"] for g in groups] == ["kamaji.clastix.io"]
+    assert [g["name"] for g in groups] == ["rbac.authorization.k8s.io", "kamaji.clastix.io"]
 
 
 def test_tls_is_verified_and_credentials_required(emu: KubeEmulator) -> None:
@@ -211,8 +211,12 @@ def test_tenant_eviction_cordon_and_bootstrap_tokens(emu: KubeEmulator, tcps, ap
     pods = core.list_pod_for_all_namespaces(field_selector="spec.nodeName=w1").items
     assert [p.metadata.name for p in pods] == ["app"]
     core.create_namespaced_pod_eviction("app", "default", {"apiVersion": "policy/v1", "kind": "Eviction",
-                                                           "metadata": {"name": "app", "namespace": "default"}})
-    assert core.list_pod_for_all_namespaces(field_selector="spec.nodeName=w1").items == []
+                                                           "metadata": {"name": "app", "namespace": "default"},
+                                                           "deleteOptions": {"gracePeriodSeconds": 1}})
+    terminating = core.read_namespaced_pod("app", "default")  # Terminating through its grace period first
+    assert terminating.metadata.deletion_timestamp is not None
+    assert terminating.metadata.deletion_grace_period_seconds == 1
+    wait_for(lambda: core.list_pod_for_all_namespaces(field_selector="spec.nodeName=w1").items == [])
     core.create_namespaced_secret("kube-system", {
         "metadata": {"name": "bootstrap-token-abcdef"}, "type": "bootstrap.kubernetes.io/token",
         "stringData": {"token-id": "abcdef", "token-secret": "0123456789abcdef",
@@ -226,7 +230,9 @@ def test_tenant_eviction_cordon_and_bootstrap_tokens(emu: KubeEmulator, tcps, ap
                             headers={"Authorization": "Bearer abcdef.0123456789abcdef"})
     wrong = requests.get(f"{tenant.url}/api/v1/nodes", timeout=5, verify=tenant_ca,
                          headers={"Authorization": "Bearer abcdef.ffffffffffffffff"})
-    assert (as_token.status_code, wrong.status_code) == (200, 401)
+    # authenticated as system:bootstrap:abcdef, but no RBAC rule lets a bootstrap token list nodes
+    assert (as_token.status_code, wrong.status_code) == (403, 401)
+    assert 'User "system:bootstrap:abcdef" cannot list resource "nodes"' in as_token.json()["message"]
     assert tenant.ca_cert_hash.startswith("sha256:") and len(tenant.ca_cert_hash) == 71
 
 

@@ -1,6 +1,8 @@
 """A Kubernetes API server over HTTPS on loopback: discovery (/version, /api, /apis, APIResourceLists), the
-REST verbs on the resource URLs of an ObjectStore (with the status, scale and eviction subresources), bearer
-token authentication, request counters and fault injection. Used for the Kamaji parent and every tenant."""
+REST verbs on the resource URLs of an ObjectStore (with the status, scale and eviction subresources),
+authentication (bearer tokens, bootstrap tokens, client certificates) into one identity (user, groups), RBAC
+authorization of that identity (kube_rbac), the PodDisruptionBudget controller (kube_disruption), request
+counters and fault injection. Used for the Kamaji parent and every tenant."""
 
 from __future__ import annotations
 
@@ -21,7 +23,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from agentkube.lab.kube_disruption import DisruptionController, evict
 from agentkube.lab.kube_patch import PatchError, json_patch, merge_patch
+from agentkube.lab.kube_rbac import (
+    ANONYMOUS,
+    BOOTSTRAP_USER_PREFIX,
+    MASTERS,
+    Identity,
+    RbacAuthorizer,
+    bootstrap_identity,
+    forbidden,
+    identity_of_client_cert,
+    request_attributes,
+    seed_bootstrap_policy,
+    tls_bootstrap_allowed,
+)
 from agentkube.lab.kube_resources import ResourceType
 from agentkube.lab.kube_store import APPLY_PATCH, ApiError, ObjectStore, bad_request
 
@@ -31,6 +47,23 @@ _REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotF
             409: "Conflict", 415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests",
             500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
 _ANONYMOUS_PATHS = ("/version", "/healthz", "/livez", "/readyz")
+_BOOTSTRAP_TOKEN = re.compile(r"\A([a-z0-9]{6})\.[a-z0-9]{16}\Z")
+
+# what `authenticate(token)` may answer: an Identity, (user, groups), True for a token the caller validated (a
+# bootstrap token: its identity is read from the token's Secret; any other: an admin in system:masters), or
+# False/None for "not this token"
+AuthResult = Identity | tuple[str, tuple[str, ...]] | bool | None
+
+
+def install_controllers(store: ObjectStore) -> None:
+    """What the apiserver and the controller manager set up on a store, once per store: the bootstrap-policy
+    ClusterRoles and the PodDisruptionBudget controller (the kubelet's part of pod termination and the garbage
+    collector live in the store itself)."""
+    if getattr(store, "_lab_controllers", False):
+        return
+    store._lab_controllers = True  # type: ignore[attr-defined]
+    seed_bootstrap_policy(store)
+    DisruptionController(store)
 
 
 @dataclass
@@ -47,13 +80,15 @@ class Fault:
 
 
 class KubeApiServer:
-    """One emulated Kubernetes API server. `authenticate(token)` decides which bearer tokens are accepted;
-    `anonymous` lists extra (method, path) pairs readable without credentials."""
+    """One emulated Kubernetes API server. `authenticate(token)` maps bearer tokens to identities (see
+    AuthResult); a client certificate verified against `client_ca_file` is the identity CN/O. Every request is
+    then authorized by `authorizer` (RBAC over the store, with the system:masters bypass). `anonymous` lists
+    (method, path) pairs system:anonymous may use (what a Role bound to system:anonymous grants)."""
 
     def __init__(self, store: ObjectStore, cert_file: Path, key_file: Path, *, host: str = "127.0.0.1",
-                 port: int = 0, authenticate: Callable[[str], bool] | None = None,
+                 port: int = 0, authenticate: Callable[[str], AuthResult] | None = None,
                  anonymous: tuple[tuple[str, str], ...] = (), git_version: str = "v1.35.0",
-                 name: str = "kube-apiserver"):
+                 name: str = "kube-apiserver", client_ca_file: Path | None = None):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"host: the lab binds to loopback only, not {host!r}")
         self.store = store
@@ -61,6 +96,8 @@ class KubeApiServer:
         self.git_version = git_version
         self.authenticate = authenticate or (lambda _token: False)
         self.anonymous = set(anonymous)
+        self.authorizer = RbacAuthorizer(store)
+        install_controllers(store)
         self.request_count: Counter[str] = Counter()
         self.method_count: Counter[tuple[str, str]] = Counter()
         self._faults: list[Fault] = []
@@ -71,6 +108,11 @@ class KubeApiServer:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(str(cert_file), str(key_file))
+        if client_ca_file is not None:
+            # kube-apiserver --client-ca-file: a client certificate is optional, verified against this CA when
+            # sent, and authenticates as CN=user, O=groups (k8s.io/apiserver pkg/authentication/request/x509)
+            context.verify_mode = ssl.CERT_OPTIONAL
+            context.load_verify_locations(cafile=str(client_ca_file))
         self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True,
                                                  do_handshake_on_connect=False)
         self._thread: threading.Thread | None = None
@@ -274,8 +316,8 @@ class _Handler(BaseHTTPRequestHandler):
                     time.sleep(fault.delay)
                 if fault.status is not None:
                     raise ApiError(fault.status, _REASONS.get(fault.status, "InternalError"), fault.message)
-            self._authorize(method, path)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            self._authorize(method, path, query)
             code, body, headers = self._route(method, path, query, raw)
             self._send(code, body, headers)
         except ApiError as e:
@@ -286,13 +328,59 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("lab kube-apiserver: unhandled error on %s %s", method, path)
             self._send(500, ApiError(500, "InternalError", f"lab apiserver error: {e}").status())
 
-    def _authorize(self, method: str, path: str) -> None:
-        if path in _ANONYMOUS_PATHS or (method, path) in self.api.anonymous:
-            return
+    def _identify(self) -> Identity | None:
+        """Authentication (k8s.io/apiserver pkg/authentication/request/union): a bearer token, else a verified
+        client certificate; None when neither authenticates."""
         header = self.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and self.api.authenticate(header[len("Bearer "):].strip()):
-            return
-        raise ApiError(401, "Unauthorized", "Unauthorized")
+        if header.startswith("Bearer "):
+            token = header[len("Bearer "):].strip()
+            result = self.api.authenticate(token)
+            if isinstance(result, Identity):
+                return result.with_authenticated()
+            if isinstance(result, tuple):
+                return Identity(result[0], tuple(result[1])).with_authenticated()
+            if result is True:
+                # True: a bootstrap token (identity from its Secret), or an admin credential its server vouches for
+                if _BOOTSTRAP_TOKEN.match(token):
+                    return self._bootstrap_identity(token)
+                return MASTERS.with_authenticated()
+        # a client certificate the TLS layer verified against client_ca_file (CERT_OPTIONAL): CN/O -> identity
+        peer = identity_of_client_cert(self.connection.getpeercert()) if hasattr(self.connection, "getpeercert") \
+            else None
+        if peer is not None:
+            self.client_cert_identity = (peer.user, peer.groups)
+            return peer.with_authenticated()
+        return None
+
+    def _bootstrap_identity(self, token: str) -> Identity | None:
+        """A bootstrap token the server's authenticate() accepted: its identity from its Secret
+        (plugin/pkg/auth/authenticator/token/bootstrap/bootstrap.go); None (refused) when the Secret gives none."""
+        match = _BOOTSTRAP_TOKEN.match(token)
+        secrets_type = self.api.store.catalog.by_kind("v1", "Secret")
+        if match is None or secrets_type is None:
+            return None
+        secret = self.api.store.find(secrets_type, "kube-system", f"bootstrap-token-{match.group(1)}")
+        identity = bootstrap_identity(secret) if secret is not None else None
+        return identity.with_authenticated() if identity is not None else None
+
+    def _authorize(self, method: str, path: str, query: dict[str, str]) -> Identity:
+        identity = self._identify()
+        if identity is None and "Authorization" in self.headers:
+            raise ApiError(401, "Unauthorized", "Unauthorized")  # a credential that fails: 401 on every path
+        identity = identity or ANONYMOUS
+        if path in _ANONYMOUS_PATHS or (method, path) in self.api.anonymous:
+            return identity
+        if identity is ANONYMOUS:
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+        attrs = request_attributes(identity, method, path, query)
+        decision = self.api.authorizer.authorize(attrs)
+        if decision.allowed:
+            return identity
+        if (attrs.resource_request and attrs.verb == "create" and attrs.resource == "nodes" and not attrs.api_group
+                and identity.user.startswith(BOOTSTRAP_USER_PREFIX)
+                and tls_bootstrap_allowed(self.api.authorizer, identity)):
+            return identity  # the kubelet's TLS bootstrap, the emulated seam (see tls_bootstrap_allowed)
+        raise forbidden(attrs, decision.reason)
 
     # ---------------------------------------------------------------- routing
     def _route(self, method: str, path: str, query: dict[str, str], raw: bytes
@@ -313,7 +401,10 @@ class _Handler(BaseHTTPRequestHandler):
         dry_run = query.get("dryRun") == "All"
         store, t = self.api.store, target
         if t.subresource == "eviction":
-            return self._evict(t, method, body)
+            if method != "POST":
+                raise ApiError(405, "MethodNotAllowed", "eviction only supports POST")
+            code, status = evict(store, t.rtype, t.namespace, t.name or "", body, dry_run)
+            return code, status, None
         if t.subresource == "scale":
             return self._scale(t, method, body, content_type, query)
         if t.name is None:
@@ -345,31 +436,25 @@ class _Handler(BaseHTTPRequestHandler):
                 return (201 if created else 200), obj, None
             if method == "DELETE" and not t.subresource:
                 options = body if isinstance(body, dict) else {}
-                obj, removed = store.delete(t.rtype, t.namespace, t.name, dry_run,
-                                            options.get("preconditions"))
+                grace = options.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
+                try:
+                    grace = int(grace) if grace is not None else None
+                except ValueError as e:
+                    raise bad_request(f"gracePeriodSeconds: invalid value {grace!r}") from e
+                obj, removed = store.delete(
+                    t.rtype, t.namespace, t.name, dry_run or "All" in (options.get("dryRun") or []),
+                    options.get("preconditions"), grace_period_seconds=grace,
+                    propagation_policy=options.get("propagationPolicy", query.get("propagationPolicy")))
                 if not removed or t.rtype.custom or t.rtype.kind == "Pod":
-                    return (200 if removed else 202), obj, None
+                    # staging/src/k8s.io/apiserver/pkg/endpoints/handlers/delete.go: 200 with the object when
+                    # it is not gone yet (graceful, finalizers); 202 only for orphanDependents=false
+                    accepted = not removed and options.get("orphanDependents") is False
+                    return (202 if accepted else 200), obj, None
                 return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                              "details": {"name": t.name, "group": t.rtype.group, "kind": t.rtype.plural,
                                          "uid": obj["metadata"].get("uid")}}, None
         raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested "
                                                 f"resource ({method})")
-
-    def _evict(self, t: _Target, method: str, body: Any) -> tuple[int, dict, None]:
-        """POST pods/<name>/eviction (policy/v1 Eviction), as `kubectl drain` does: the pod is deleted."""
-        if method != "POST":
-            raise ApiError(405, "MethodNotAllowed", "eviction only supports POST")
-        if isinstance(body, dict) and "kind" not in body:
-            # the apiserver defaults the kind from the endpoint; kubernetes.core.k8s_drain sends none
-            body = {"apiVersion": "policy/v1", "kind": "Eviction", **body}
-        if not isinstance(body, dict) or body.get("kind") != "Eviction":
-            raise bad_request("the body must be a policy/v1 Eviction")
-        name = body.get("metadata", {}).get("name")
-        if name and name != t.name:
-            raise bad_request(f"name in URL does not match name in Eviction object: {t.name} != {name}")
-        self.api.store.delete(t.rtype, t.namespace, t.name or "", preconditions=body.get("deleteOptions", {})
-                              .get("preconditions"))
-        return 201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, None
 
     def _scale(self, t: _Target, method: str, body: Any, content_type: str, query: dict[str, str]
                ) -> tuple[int, dict, None]:

@@ -42,6 +42,22 @@ class Identity:
 
 
 ANONYMOUS = Identity(ANONYMOUS_USER, (ALL_UNAUTHENTICATED,))
+
+
+def identity_of_client_cert(peer: dict | None) -> Identity | None:
+    """The identity of a client certificate the TLS layer verified, as ssl.getpeercert() shows it: CN is the
+    user, each O a group; no CN, no identity (staging/src/k8s.io/apiserver/pkg/authentication/request/x509/
+    x509.go, CommonNameUserConversion)."""
+    if not peer:
+        return None
+    user, groups = "", []
+    for rdn in peer.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                user = value
+            elif key == "organizationName":
+                groups.append(value)
+    return Identity(user, tuple(groups)) if user else None
 MASTERS = Identity("kubernetes-admin", (SYSTEM_PRIVILEGED_GROUP,))
 
 

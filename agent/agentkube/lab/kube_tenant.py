@@ -26,6 +26,7 @@ from agentkube.lab.certs import LabCA
 from agentkube.lab.kube_http import KubeApiServer
 from agentkube.lab.kube_kubeconfig import kubeconfig_yaml
 from agentkube.lab.kube_patch import PatchError, json_patch
+from agentkube.lab.kube_rbac import seed_kubeadm_bootstrap_rbac
 from agentkube.lab.kube_resources import CORE_TYPES, TENANT_EXTRA_TYPES, ResourceCatalog, ResourceType
 from agentkube.lab.kube_store import ObjectStore
 
@@ -185,6 +186,7 @@ class TenantApi:
     def _seed_endpoint(self) -> None:
         self._put_cluster_info()
         self._put_kubeadm_config()
+        seed_kubeadm_bootstrap_rbac(self.store)  # PhaseBootstrapToken's RBAC for joining nodes (kube_rbac)
 
     def _cluster_info_kubeconfig(self) -> str:
         return yaml.safe_dump({
