@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+import yaml
 from kubeadm_lab_support import LabTenant, run_playbook, start_lab_tenant
 
 pytestmark = pytest.mark.integration
@@ -120,3 +121,6 @@ def test_a_drain_whose_budget_never_allows_it_uncordons_and_names_node_and_budge
         live = lab.get("Pod", pod, NS)
         assert live is not None and not live["metadata"].get("deletionTimestamp")
     assert _evictions(lab, "web-0") >= 2  # retried, not given up at the first 429
+    user = yaml.safe_load(lab.tenant.kubeconfig)["users"][0]["user"]
+    credential = user.get("client-key-data") or user.get("token")  # admin.conf's secret
+    assert credential and credential not in run.stdout and credential not in run.artifacts_text()
