@@ -138,7 +138,7 @@ def test_kubernetes_core_drives_the_emulator(tmp_path: Path) -> None:
                 time.sleep(0.02)
             if tenant is not None:
                 tenant.add_node("worker-1")
-                seen["token"] = yaml.safe_load(tenant.kubeconfig)["users"][0]["user"]["token"]
+                seen["token"] = yaml.safe_load(tenant.kubeconfig)["users"][0]["user"]["client-key-data"]
 
         worker = threading.Thread(target=register_worker, daemon=True)
         worker.start()

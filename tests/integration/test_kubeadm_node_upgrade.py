@@ -135,7 +135,7 @@ def test_a_failed_drain_is_reported_readably_without_the_kubeconfig(lab, joined,
     assert run.rc != 0
     messages = run.failure_messages()
     assert any(f"Draining Node {NODE} for the upgrade to {NEXT} failed" in m for m in messages), messages
-    token = yaml.safe_load(lab.tenant.kubeconfig)["users"][0]["user"]["token"]
+    token = yaml.safe_load(lab.tenant.kubeconfig)["users"][0]["user"]["client-key-data"]  # admin.conf's secret
     assert token not in run.stdout and token not in run.artifacts_text()
     assert (joined / KUBELET_CONFIG).read_text() == before
     assert (joined / VERSION_RECORD).read_text().strip() == VERSION

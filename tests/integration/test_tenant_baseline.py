@@ -126,6 +126,6 @@ def test_unknown_pod_security_level_is_rejected_naming_the_field(lab, tmp_path):
 def test_kubeconfig_never_reaches_the_artifacts(lab, tmp_path):
     run = run_playbook(tmp_path / "run", PLAY, INVENTORY, _vars(lab))
     assert run.rc == 0, run.stdout
-    token = yaml.safe_load(lab.tenant.kubeconfig)["users"][0]["user"]["token"]
+    token = yaml.safe_load(lab.tenant.kubeconfig)["users"][0]["user"]["client-key-data"]  # admin.conf's secret
     assert token not in run.stdout
     assert token not in run.artifacts_text()

@@ -58,7 +58,14 @@ def describe(tcp: Any) -> str:
 
 def reached(tcp: Any, wanted: str) -> bool:
     """True when Kamaji reports `wanted` for the TCP's current spec: the status matches, the controller has
-    observed the latest generation (when it says), and, for Ready, runs the version the spec asks for."""
+    observed the latest generation, and, for Ready, records the version the spec asks for.
+
+    Kamaji (clastix/kamaji controllers/tenantcontrolplane_controller.go) writes status.observedGeneration only
+    at the end of a whole reconcile pass, after the status itself; until then a status is the previous
+    generation's (e.g. a stale Ready right after a certSAN change). A missing observedGeneration is accepted: Kamaji
+    releases before observedGeneration never wrote it. computeStatus (internal/resources/k8s_deployment_resource.go)
+    records spec.kubernetes.version in status...version.version whenever it reports Ready or Sleeping, so a Ready
+    without that version is not the current spec's."""
     if not tcp or version_status(tcp) != wanted:
         return False
     generation = _get(tcp, "metadata", "generation")
@@ -66,7 +73,7 @@ def reached(tcp: Any, wanted: str) -> bool:
     if generation is not None and observed is not None and int(observed) < int(generation):
         return False
     if wanted == READY:
-        running = _get(tcp, "status", "kubernetesResources", "version", "version")
-        if running and running != live_version(tcp):
+        recorded = _get(tcp, "status", "kubernetesResources", "version", "version")
+        if recorded != live_version(tcp):
             return False
     return True

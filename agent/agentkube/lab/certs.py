@@ -99,3 +99,59 @@ class LabCA:
         key_file.chmod(0o600)
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return ServerCert(cert_file, key_file, self.ca_file)
+
+
+@dataclass(frozen=True)
+class ClientCert:
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def issue_client_cert(ca: LabCA, name: str, common_name: str, organizations: tuple[str, ...] = ()) -> ClientCert:
+    """Issue (or reuse) a client certificate `<name>.crt`/`<name>.key` from `ca`: subject CN=`common_name`,
+    O=each of `organizations`, ExtKeyUsage clientAuth, as kubeadm's kubeconfig phase issues the client
+    certificates of admin.conf/super-admin.conf (kubernetes/kubernetes cmd/kubeadm/app/phases/kubeconfig/
+    kubeconfig.go getKubeConfigSpecsBase + pkiutil.NewCertAndKey); the API server maps CN to the user name
+    and each O to a group (k8s.io/apiserver pkg/authentication/request/x509 CommonNameUserConversion)."""
+    cert_file, key_file = ca.dir / f"{name}.crt", ca.dir / f"{name}.key"
+    if cert_file.exists() and key_file.exists():
+        return ClientCert(cert_file.read_bytes(), key_file.read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attrs))
+        .issuer_name(ca._ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca._ca_key.public_key()), critical=False)
+        .sign(ca._ca_key, hashes.SHA256())
+    )
+    key_file.write_bytes(_key_pem(key))
+    key_file.chmod(0o600)
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return ClientCert(cert_file.read_bytes(), key_file.read_bytes())
+
+
+def identity_of_peer_cert(peer: dict | None) -> tuple[str, tuple[str, ...]] | None:
+    """(user, groups) of a verified peer certificate as ssl.getpeercert() gives it: CN is the user name, each
+    O a group (k8s.io/apiserver pkg/authentication/request/x509/x509.go CommonNameUserConversion)."""
+    if not peer:
+        return None
+    user, groups = "", []
+    for rdn in peer.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                user = value
+            elif key == "organizationName":
+                groups.append(value)
+    if not user:
+        return None  # x509.go: "common name of user cert is empty" -> not authenticated
+    return user, tuple(groups)

@@ -1,14 +1,21 @@
 """A simulated Kamaji controller for the lab's parent cluster. It watches TenantControlPlanes in the store and,
-like Kamaji, adds its finalizer, reports `status.kubernetesResources.version.status` (Provisioning ->
-Ready after a delay, Upgrading on a version change, Sleeping at replicas 0, NotReady when stuck), starts a
-per-tenant API server, writes `<tcp>-admin-kubeconfig`, and on deletion stops the tenant and releases the
-finalizer after a delay, so "terminating" is observable. Faults: `stick()` and per-TCP delays."""
+like Kamaji, adds its finalizer, reports `status.kubernetesResources.version.status` as Kamaji's computeStatus
+derives it from the control plane's Deployment (see compute_status), writes `status.observedGeneration` only at
+the end of a whole reconcile pass, starts a per-tenant API server (which uploads kubeadm-config/kubelet-config as
+Kamaji does, see kube_tenant), writes `<tcp>-admin-kubeconfig` (client certificates), and on deletion stops the
+tenant and releases the finalizer after a delay, so "terminating" is observable. Faults: `stick()` and per-TCP
+delays.
+
+The Deployment is modelled, not run: a pass that changes its pod template (version, networkProfile such as
+certSANs, deployment settings, dataStore, konnectivity) or its replicas starts a rollout lasting the ready delay;
+a control plane that starts from nothing (create, wake) has no ready replica for the first half of it."""
 
 from __future__ import annotations
 
 import base64
 import copy
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -41,6 +48,41 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+def compute_status(spec_replicas: int, spec_version: str, status_version: str | None, ready_replicas: int,
+                   progressing: bool) -> str:
+    """Kamaji's computeStatus (clastix/kamaji internal/resources/k8s_deployment_resource.go), in its order:
+    Sleeping when spec replicas are 0; NotReady while no replica of the Deployment is ready; Ready when the
+    Deployment is not progressing (isProgressingUpgrade: generation observed, no unavailable replica, updated =
+    ready = replicas = desired); Upgrading when a version is recorded and the spec asks for another one;
+    Provisioning when no version is recorded yet; otherwise Unknown (a rollout that is not a version change, e.g.
+    a certSAN change). (WriteLimited, for spec.writePermissions, is not modelled.)"""
+    if spec_replicas == 0:
+        return "Sleeping"
+    if ready_replicas == 0:
+        return "NotReady"
+    if not progressing:
+        return "Ready"
+    if status_version and spec_version != status_version:
+        return "Upgrading"
+    if not status_version:
+        return "Provisioning"
+    return "Unknown"
+
+
+def _template_key(spec: dict) -> str:
+    """What changes the control plane Deployment's pod template (a rollout), as clastix/kamaji
+    internal/builders/controlplane/deployment.go builds it from the spec: not the replicas, not the kubelet
+    settings (uploaded to the tenant), not the coreDNS/kubeProxy addons (applied in the tenant)."""
+    deployment = dict(_get(spec, "controlPlane", "deployment", default={}) or {})
+    deployment.pop("replicas", None)
+    relevant = {"version": _get(spec, "kubernetes", "version", default=""),
+                "admission": _get(spec, "kubernetes", "admissionControllers"),
+                "network": spec.get("networkProfile"), "deployment": deployment,
+                "dataStore": [spec.get(k) for k in ("dataStore", "dataStoreSchema", "dataStoreUsername")],
+                "konnectivity": _get(spec, "addons", "konnectivity")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
 class KamajiController:
     def __init__(self, store: ObjectStore, tenants_dir: Path, *, ready_delay: float = 1.0,
                  delete_delay: float | None = None, host: str = "127.0.0.1", tick: float = 0.05,
@@ -57,6 +99,8 @@ class KamajiController:
         self._stuck: dict[Key, tuple[str, str, str]] = {}
         self._due: dict[Key, tuple[str, float]] = {}  # key -> (what is pending, when it completes)
         self._dirty: set[Key] = set()
+        self._applied: dict[Key, tuple[str, int]] = {}  # key -> (pod template, replicas) the Deployment runs
+        self._rollouts: dict[Key, tuple[tuple[str, int], float, float]] = {}  # key -> (target, 1st ready, done)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -178,28 +222,65 @@ class KamajiController:
             return
         if replicas == 0:
             self._due.pop(key, None)
+            self._applied.pop(key, None)
+            self._rollouts.pop(key, None)
             tenant = self.tenants.get(key)
             if tenant is not None:
                 tenant.stop()
-            self._write_status(tcp, "Sleeping", installed, ready_replicas=0)
+            # UpdateTenantControlPlaneStatus records spec.kubernetes.version on Sleeping as on Ready
+            self._write_status(tcp, compute_status(0, version, installed, 0, False), version, ready_replicas=0)
+            self._observe(namespace, name)
             return
-        settled = (current == "Ready" and installed == version
-                   and _get(tcp, "status", "observedGeneration") == generation
-                   and key in self.tenants and self.tenants[key].running)
+        tenant = self.tenants.get(key)
+        running = tenant is not None and tenant.running
+        wanted = (_template_key(spec), replicas)
+        settled = (current == "Ready" and installed == version and self._applied.get(key) == wanted and running
+                   and _get(tcp, "status", "observedGeneration") == generation)
         if settled:
+            self._ensure_tenant(key, tcp)  # kubelet settings re-uploaded by the per-tenant controller
             return
-        if installed and installed != version:
-            phase = "Upgrading"
-        elif current == "Ready" and key in self.tenants and self.tenants[key].running:
-            phase = "Ready"  # a change that does not restart the control plane (e.g. a label, replicas 2->3)
-        else:
-            phase = "Provisioning"
-        if phase != "Ready" and self._pending(key, f"{phase}:{version}", self._delay_for(key, tcp)):
-            self._write_status(tcp, phase, installed, ready_replicas=0 if phase == "Provisioning" else None)
-            return
+        if self._applied.get(key) != wanted or not running:
+            # a rollout: from nothing (create, wake: no replica ready during its first half), else rolling
+            now, delay = self.clock(), self._delay_for(key, tcp)
+            with self._lock:
+                rollout = self._rollouts.get(key)
+                if rollout is None or rollout[0] != wanted:
+                    rollout = (wanted, now + (0.0 if running else delay / 2), now + delay)
+                    self._rollouts[key] = rollout
+            _, first_ready_at, done_at = rollout
+            if now < done_at:
+                if now < first_ready_at:
+                    ready = 0
+                elif running:
+                    ready = min(replicas, _get(tcp, "status", "kubernetesResources", "deployment", "readyReplicas",
+                                               default=replicas) or replicas)
+                else:
+                    ready = 1
+                with self._lock:
+                    self._due[key] = ("rollout", first_ready_at if now < first_ready_at else done_at)
+                self._write_status(tcp, compute_status(replicas, version, installed, ready, True), installed,
+                                   ready_replicas=ready)
+                self._observe(namespace, name)
+                return
+            with self._lock:
+                self._rollouts.pop(key, None)
+                self._due.pop(key, None)
         tenant = self._ensure_tenant(key, tcp)
+        self._applied[key] = wanted
         self._write_admin_secret(tcp, tenant)
-        self._write_status(tcp, "Ready", version, ready_replicas=replicas, endpoint=tenant.endpoint)
+        self._write_status(tcp, compute_status(replicas, version, installed, replicas, False), version,
+                           ready_replicas=replicas, endpoint=tenant.endpoint)
+        self._observe(namespace, name)
+
+    def _observe(self, namespace: str, name: str) -> None:
+        """The end of a whole reconcile pass: status.observedGeneration := metadata.generation, in its own status
+        update (clastix/kamaji controllers/tenantcontrolplane_controller.go, after every resource is handled)."""
+        tcp = self.store.find(TENANT_CONTROL_PLANE, namespace, name)
+        if tcp is None or _get(tcp, "status", "observedGeneration") == tcp["metadata"].get("generation", 1):
+            return
+        new = dict(tcp)
+        new["status"] = {**(tcp.get("status") or {}), "observedGeneration": tcp["metadata"].get("generation", 1)}
+        self.store.replace(TENANT_CONTROL_PLANE, namespace, name, new, subresource="status")
 
     def _ensure_tenant(self, key: Key, tcp: dict) -> TenantApi:
         spec = tcp.get("spec") or {}
@@ -240,6 +321,8 @@ class KamajiController:
         self._forget(key)
 
     def _forget(self, key: Key) -> None:
+        self._applied.pop(key, None)
+        self._rollouts.pop(key, None)
         tenant = self.tenants.pop(key, None)
         if tenant is not None:
             tenant.stop()
@@ -290,8 +373,7 @@ class KamajiController:
         stamp = now_rfc3339()
         port = _get(spec, "networkProfile", "port", default=6443)
         status = {
-            **old,
-            "observedGeneration": meta.get("generation", 1),
+            **old,  # observedGeneration is left as it is: _observe() writes it at the end of a pass
             "storage": {"dataStoreName": spec.get("dataStore") or "default", "driver": "etcd",
                         "setup": {"schema": spec.get("dataStoreSchema") or f"{namespace}_{name}",
                                   "user": spec.get("dataStoreUsername") or f"{namespace}_{name}"}},
@@ -302,7 +384,7 @@ class KamajiController:
                     "name": name, "namespace": namespace, "selector": f"kamaji.clastix.io/name={name}",
                     "replicas": replicas, "readyReplicas": ready_replicas, "availableReplicas": ready_replicas,
                     "updatedReplicas": ready_replicas, "unavailableReplicas": max(0, replicas - ready_replicas),
-                    "observedGeneration": meta.get("generation", 1),
+                    "observedGeneration": meta.get("generation", 1),  # the Deployment's own generation
                     "conditions": [{"type": "Available", "status": "True" if available else "False",
                                     "reason": reason, "message": message,
                                     "lastUpdateTime": old_condition.get("lastUpdateTime") or stamp,

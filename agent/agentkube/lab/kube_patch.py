@@ -87,7 +87,19 @@ def _merge_list(current: list, patch: list, merge_key: str, field: str) -> list:
     return result
 
 
-def _pointer(path: str) -> list[str]:
+# ---------------------------------------------------------------- JSON patch (RFC 6902), strict
+# The API server (and Kamaji, for spec.kubernetes.kubelet.configurationJSONPatches) apply JSON patches with
+# github.com/evanphx/json-patch/v5 (clastix/kamaji internal/kubeadm/uploadconfig.go getKubeletConfigmapContent,
+# internal/resources/kubeadm_phases.go PhaseUploadConfigKubelet). Rules below follow RFC 6902 sections 4.1-4.6
+# and carry evanphx's error texts ("<op> operation does not apply: doc is missing key/path: <path>"). Where
+# evanphx is more lenient than the RFC (negative array indices, `test` of a missing member against null), the
+# lab keeps the RFC's stricter rule.
+
+
+def _pointer(path: Any) -> list[str]:
+    """RFC 6901: '' is the whole document, else '/'-separated tokens with ~1 -> '/' and ~0 -> '~'."""
+    if not isinstance(path, str):
+        raise PatchError(f"invalid JSON pointer {path!r}")
     if path == "":
         return []
     if not path.startswith("/"):
@@ -95,41 +107,73 @@ def _pointer(path: str) -> list[str]:
     return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
 
 
-def _walk(doc: Any, parts: list[str], path: str) -> Any:
+def _array_index(token: str, path: str) -> int:
+    """RFC 6901 section 4: an array index is '0' or digits without a leading zero (no sign, no '-1')."""
+    if not token.isdigit() or not token.isascii() or (len(token) > 1 and token[0] == "0"):
+        raise PatchError(f"invalid array index {token!r} in {path!r}")
+    return int(token)
+
+
+def _walk(doc: Any, parts: list[str], path: str, op: str) -> Any:
     cur = doc
     for part in parts:
         if isinstance(cur, dict) and part in cur:
             cur = cur[part]
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+        elif isinstance(cur, list) and part != "-" and _array_index(part, path) < len(cur):
             cur = cur[int(part)]
         else:
-            raise PatchError(f"path {path!r} does not exist")
+            raise PatchError(f"{op} operation does not apply: doc is missing path: {path}")
     return cur
 
 
+def json_equal(a: Any, b: Any) -> bool:
+    """RFC 6902 section 4.6 equality: same JSON type, numbers by value, objects ignore member order
+    (Python's == would let True equal 1)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
 def json_patch(doc: Any, operations: Any) -> Any:
-    """RFC 6902: add, remove, replace, move, copy, test."""
+    """RFC 6902, strictly: add, remove, replace, move, copy, test. The first failing operation fails the
+    whole patch (the document is not changed)."""
     if not isinstance(operations, list):
         raise PatchError("a JSON patch must be a list of operations")
     doc = copy.deepcopy(doc)
     for op in operations:
-        if not isinstance(op, dict) or "op" not in op or "path" not in op:
-            raise PatchError(f"invalid JSON patch operation {op!r}")
-        name, path = op["op"], op["path"]
-        if name in ("add", "replace", "test") and "value" not in op:
-            raise PatchError(f"{name} operation at {path!r} needs a value")
-        if name == "test":
-            if _walk(doc, _pointer(path), path) != op["value"]:
-                raise PatchError(f"test operation at {path!r} failed")
+        if not isinstance(op, dict) or "op" not in op:
+            raise PatchError(f"invalid JSON patch operation {op!r}: missing op")
+        name = op["op"]
+        if name not in ("add", "remove", "replace", "move", "copy", "test"):
+            raise PatchError(f"Unexpected kind: {name}")
+        if "path" not in op:  # RFC 6902 section 4: every operation has exactly one "path"
+            raise PatchError(f"{name} operation failed to decode path")
+        path = op["path"]
+        parts = _pointer(path)
+        if name in ("add", "replace", "test") and "value" not in op:  # section 4.1/4.3/4.6: value is required
+            raise PatchError(f"{name} operation: missing value at {path!r}")
+        if name == "test":  # section 4.6: the target must exist and equal the value
+            if not json_equal(_walk(doc, parts, path, "test"), op["value"]):
+                raise PatchError(f"testing value {path} failed: test failed")
             continue
         if name in ("move", "copy"):
-            value = copy.deepcopy(_walk(doc, _pointer(op.get("from", "")), op.get("from", "")))
+            if "from" not in op:  # section 4.4/4.5: "from" is required
+                raise PatchError(f"{name} operation failed to decode from")
+            source = _pointer(op["from"])
+            # section 4.4: a location cannot be moved into one of its children
+            if name == "move" and len(parts) > len(source) and parts[:len(source)] == source:
+                raise PatchError(f"move operation: cannot move {op['from']} into its own child {path}")
+            value = copy.deepcopy(_walk(doc, source, op["from"], name))
             if name == "move":
                 doc = _apply_one(doc, "remove", op["from"], None)
             doc = _apply_one(doc, "add", path, value)
             continue
-        if name not in ("add", "remove", "replace"):
-            raise PatchError(f"unknown JSON patch operation {name!r}")
         doc = _apply_one(doc, name, path, copy.deepcopy(op.get("value")))
     return doc
 
@@ -138,27 +182,31 @@ def _apply_one(doc: Any, name: str, path: str, value: Any) -> Any:
     parts = _pointer(path)
     if not parts:
         if name == "remove":
-            raise PatchError("cannot remove the whole document")
-        return value
-    parent = _walk(doc, parts[:-1], path)
+            raise PatchError("remove operation does not apply: cannot remove the whole document")
+        return value  # add/replace of the root replaces the document (section 4.1)
+    # section 4.1: the parent of an added member must exist; replace/remove need the target itself
+    try:
+        parent = _walk(doc, parts[:-1], path, name)
+    except PatchError:
+        raise PatchError(f"{name} operation does not apply: doc is missing path: {path}") from None
     last = parts[-1]
     if isinstance(parent, dict):
         if name != "add" and last not in parent:
-            raise PatchError(f"path {path!r} does not exist")
+            raise PatchError(f"{name} operation does not apply: doc is missing key: {path}: missing value")
         if name == "remove":
             del parent[last]
         else:
             parent[last] = value
     elif isinstance(parent, list):
-        if last == "-" and name == "add":
+        if last == "-":  # section 4.1: '-' appends, and names no element for replace/remove
+            if name != "add":
+                raise PatchError(f"{name} operation does not apply: doc is missing key: {path}: missing value")
             parent.append(value)
             return doc
-        if not last.isdigit():
-            raise PatchError(f"invalid array index in {path!r}")
-        index = int(last)
+        index = _array_index(last, path)
         limit = len(parent) if name == "add" else len(parent) - 1
         if index > limit:
-            raise PatchError(f"array index out of range in {path!r}")
+            raise PatchError(f"{name} operation does not apply: index out of bounds: {path}")
         if name == "add":
             parent.insert(index, value)
         elif name == "remove":
@@ -166,7 +214,7 @@ def _apply_one(doc: Any, name: str, path: str, value: Any) -> Any:
         else:
             parent[index] = value
     else:
-        raise PatchError(f"path {path!r} does not point into an object or array")
+        raise PatchError(f"{name} operation does not apply: doc is missing path: {path}")
     return doc
 
 

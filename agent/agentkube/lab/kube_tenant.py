@@ -1,8 +1,10 @@
 """One tenant cluster's API server, as Kamaji runs it for a TenantControlPlane: its own CA and TLS
 certificate, its own object store seeded with what `kubeadm join` and the agent's metrics read
-(kube-public/cluster-info signed for bootstrap tokens, kube-system/kubeadm-config and kubelet-config,
-the default namespaces and service accounts), admin tokens, bootstrap-token authentication, and helpers
-to emulate what kubelets would register (Nodes, Pods): the narrow seam where no real kubelet runs."""
+(kube-public/cluster-info signed for bootstrap tokens, the default namespaces and service accounts), the
+kube-system/kubeadm-config and kubelet-config Kamaji uploads (built as Kamaji builds them, see
+kubelet_configuration()), admin.conf/super-admin.conf with client certificates of the tenant CA (mutual TLS),
+bootstrap-token authentication, and helpers to emulate what kubelets would register (Nodes, Pods): the narrow
+seam where no real kubelet runs."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import hmac
 import json
 import logging
 import secrets
+import ssl
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -22,7 +26,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from agentkube.lab.certs import LabCA
+from agentkube.lab.certs import LabCA, issue_client_cert
 from agentkube.lab.kube_http import KubeApiServer
 from agentkube.lab.kube_kubeconfig import kubeconfig_yaml
 from agentkube.lab.kube_patch import PatchError, json_patch
@@ -34,6 +38,77 @@ log = logging.getLogger(__name__)
 
 BOOTSTRAP_TOKEN_TYPE = "bootstrap.kubernetes.io/token"  # noqa: S105 - a Secret type, not a secret
 CLUSTER_INFO = ("kube-public", "cluster-info")
+KUBELET_CONFIG_MAP = "kubelet-config"  # kubeadmconstants.KubeletBaseConfigurationConfigMap (Kubernetes >= 1.24)
+ADMIN_USER, CLUSTER_ADMINS_GROUP = "kubernetes-admin", "kubeadm:cluster-admins"
+SUPER_ADMIN_USER, MASTERS_GROUP = "kubernetes-super-admin", "system:masters"
+
+# kubelet.config.k8s.io/v1beta1 KubeletConfiguration after SetDefaults_KubeletConfiguration
+# (kubernetes/kubernetes pkg/kubelet/apis/config/v1beta1/defaults.go), as its JSON encoding shows it (omitempty
+# zero values dropped). Feature-gated defaults (crashLoopBackOff.maxContainerRestartPeriod,
+# imagePullCredentialsVerificationPolicy) are left out. cgroupDriver ("cgroupfs" here) and resolvConf are
+# overwritten by Kamaji below.
+KUBELET_V1BETA1_DEFAULTS: dict = {
+    "enableServer": True, "syncFrequency": "1m0s", "fileCheckFrequency": "20s", "httpCheckFrequency": "20s",
+    "address": "0.0.0.0", "port": 10250,
+    "authentication": {"x509": {}, "webhook": {"enabled": True, "cacheTTL": "2m0s"},
+                       "anonymous": {"enabled": False}},
+    "authorization": {"mode": "Webhook",
+                      "webhook": {"cacheAuthorizedTTL": "5m0s", "cacheUnauthorizedTTL": "30s"}},
+    "registryPullQPS": 5, "registryBurst": 10, "eventRecordQPS": 50, "eventBurst": 100,
+    "enableDebuggingHandlers": True, "healthzPort": 10248, "healthzBindAddress": "127.0.0.1", "oomScoreAdj": -999,
+    "streamingConnectionIdleTimeout": "4h0m0s", "nodeStatusUpdateFrequency": "10s",
+    "nodeStatusReportFrequency": "5m0s", "nodeLeaseDurationSeconds": 40, "imageMinimumGCAge": "2m0s",
+    "imageMaximumGCAge": "0s", "imageGCHighThresholdPercent": 85, "imageGCLowThresholdPercent": 80,
+    "volumeStatsAggPeriod": "1m0s", "cgroupsPerQOS": True, "cgroupDriver": "cgroupfs", "cpuManagerPolicy": "none",
+    "cpuManagerReconcilePeriod": "10s", "memoryManagerPolicy": "None", "topologyManagerPolicy": "none",
+    "topologyManagerScope": "container", "runtimeRequestTimeout": "2m0s", "hairpinMode": "promiscuous-bridge",
+    "maxPods": 110, "podPidsLimit": -1, "resolvConf": "/etc/resolv.conf", "cpuCFSQuota": True,
+    "cpuCFSQuotaPeriod": "100ms", "nodeStatusMaxImages": 50, "maxOpenFiles": 1000000,
+    "contentType": "application/vnd.kubernetes.protobuf", "kubeAPIQPS": 50, "kubeAPIBurst": 100,
+    "serializeImagePulls": True, "evictionPressureTransitionPeriod": "5m0s", "mergeDefaultEvictionSettings": False,
+    "enableControllerAttachDetach": True, "makeIPTablesUtilChains": True, "iptablesMasqueradeBit": 14,
+    "iptablesDropBit": 15, "failSwapOn": True, "memorySwap": {}, "containerLogMaxSize": "10Mi",
+    "containerLogMaxFiles": 5, "containerLogMaxWorkers": 1, "containerLogMonitorInterval": "10s",
+    "configMapAndSecretChangeDetectionStrategy": "Watch", "enforceNodeAllocatable": ["pods"],
+    "volumePluginDir": "/usr/libexec/kubernetes/kubelet-plugins/volume/exec/",
+    "logging": {"format": "text", "flushFrequency": "5s", "verbosity": 0,
+                "options": {"text": {"infoBufferSize": "0"}, "json": {"infoBufferSize": "0"}}},
+    "enableSystemLogHandler": True, "shutdownGracePeriod": "0s", "shutdownGracePeriodCriticalPods": "0s",
+    "enableProfilingHandler": True, "enableDebugFlagsHandler": True, "seccompDefault": False,
+    "failCgroupV1": False, "memoryThrottlingFactor": 0.9, "registerNode": True,
+    "localStorageCapacityIsolation": True, "containerRuntimeEndpoint": "unix:///run/containerd/containerd.sock",
+    "podLogsDir": "/var/log/pods", "podHousekeepingPeriod": "2s", "crashLoopBackOff": {},
+}
+
+
+def kubelet_configuration(kubelet_spec: dict | None, cluster_domain: str, dns_service_ips: list[str]) -> dict:
+    """The KubeletConfiguration Kamaji uploads as kube-system/kubelet-config, built in the order of
+    clastix/kamaji internal/kubeadm/uploadconfig.go getKubeletConfigmapContent:
+    v1beta1 defaults; apiVersion/kind; authentication.x509.clientCAFile; cgroupDriver := spec.kubernetes.kubelet.
+    cgroupfs (the deprecated field; Kamaji assigns it even when empty, and the JSON encoding omits an empty
+    cgroupDriver, so the key is ABSENT when cgroupfs is unset); clusterDNS; clusterDomain; rotateCertificates;
+    staticPodPath; resolvConf removed; then spec.kubernetes.kubelet.configurationJSONPatches applied to that JSON
+    (evanphx/json-patch v5, strict here: raises PatchError like Kamaji's "unable to apply JSON patching")."""
+    spec = kubelet_spec or {}
+    config = {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+              **copy.deepcopy(KUBELET_V1BETA1_DEFAULTS)}
+    config["authentication"]["x509"]["clientCAFile"] = "/etc/kubernetes/pki/ca.crt"
+    cgroup_driver = spec.get("cgroupfs") or ""
+    if cgroup_driver:
+        config["cgroupDriver"] = cgroup_driver
+    else:
+        del config["cgroupDriver"]  # omitempty
+    if dns_service_ips:
+        config["clusterDNS"] = list(dns_service_ips)
+    if cluster_domain:
+        config["clusterDomain"] = cluster_domain
+    config["rotateCertificates"] = True
+    config["staticPodPath"] = "/etc/kubernetes/manifests"
+    del config["resolvConf"]  # kc.ResolverConfig = nil (clastix/kamaji#581)
+    patches = spec.get("configurationJSONPatches") or []
+    if patches:
+        config = json_patch(config, patches)
+    return config
 
 
 def _b64url(data: bytes) -> str:
@@ -73,8 +148,13 @@ class TenantApi:
         self._ca = LabCA(Path(state_dir), name=f"{namespace}/{name} tenant CA")
         self.ca_pem = self._ca.ca_pem
         self._cert = self._ca.issue("apiserver", hosts=(host, "localhost"))
-        self._admin_token = secrets.token_urlsafe(32)
-        self._super_admin_token = secrets.token_urlsafe(32)
+        # admin.conf and super-admin.conf as kubeadm's kubeconfig phase issues them for Kamaji
+        # (clastix/kamaji internal/resources/kubeconfig.go -> internal/kubeadm/kubeconfig.go CreateKubeconfig ->
+        # kubernetes/kubernetes cmd/kubeadm/app/phases/kubeconfig/kubeconfig.go getKubeConfigSpecsBase):
+        # CN=kubernetes-admin O=kubeadm:cluster-admins, CN=kubernetes-super-admin O=system:masters
+        self._admin_cert = issue_client_cert(self._ca, "admin", ADMIN_USER, (CLUSTER_ADMINS_GROUP,))
+        self._super_admin_cert = issue_client_cert(self._ca, "super-admin", SUPER_ADMIN_USER, (MASTERS_GROUP,))
+        self.kubelet_config_error: str | None = None  # why Kamaji could not write kubelet-config, if it could not
         self.store = ObjectStore(ResourceCatalog(CORE_TYPES + TENANT_EXTRA_TYPES))
         self.store.listeners.append(self._on_change)
         self.server: KubeApiServer | None = None
@@ -118,7 +198,7 @@ class TenantApi:
             self.store, self._cert.cert_file, self._cert.key_file, host=self.host, port=port,
             authenticate=self.authenticate, git_version=self.version,
             anonymous=(("GET", "/api/v1/namespaces/kube-public/configmaps/cluster-info"),),
-            name=f"tenant-{self.namespace}-{self.name}",
+            name=f"tenant-{self.namespace}-{self.name}", client_ca_file=self._ca.ca_file,
         )
 
     def stop(self) -> None:
@@ -129,8 +209,7 @@ class TenantApi:
 
     # ---------------------------------------------------------------- credentials
     def authenticate(self, token: str) -> bool:
-        if hmac.compare_digest(token, self._admin_token) or hmac.compare_digest(token, self._super_admin_token):
-            return True
+        """Bearer tokens: bootstrap tokens only (the admins authenticate with client certificates)."""
         return self._bootstrap_token_valid(token)
 
     def _bootstrap_token_valid(self, token: str) -> bool:
@@ -152,17 +231,29 @@ class TenantApi:
                 return False
         return hmac.compare_digest(expected, token_secret)
 
-    def _kubeconfig(self, user: str, token: str) -> str:
-        return kubeconfig_yaml(self.url, self.ca_pem, user, token, self.cluster_name)
+    def _kubeconfig(self, user: str, cert) -> str:
+        return kubeconfig_yaml(self.url, self.ca_pem, user, None, self.cluster_name,
+                               client_cert_pem=cert.cert_pem, client_key_pem=cert.key_pem)
 
     @property
     def kubeconfig(self) -> str:
-        """admin.conf: the public endpoint, the tenant CA, the admin credential."""
-        return self._kubeconfig("kubernetes-admin", self._admin_token)
+        """admin.conf: the public endpoint, the tenant CA, the admin client certificate and key."""
+        return self._kubeconfig(ADMIN_USER, self._admin_cert)
 
     @property
     def super_admin_kubeconfig(self) -> str:
-        return self._kubeconfig("kubernetes-super-admin", self._super_admin_token)
+        return self._kubeconfig(SUPER_ADMIN_USER, self._super_admin_cert)
+
+    def admin_ssl_context(self) -> ssl.SSLContext:
+        """A client TLS context trusting the tenant CA and presenting admin.conf's client certificate (for tests
+        and tools that talk HTTP to the tenant directly)."""
+        context = ssl.create_default_context(cadata=self.ca_pem.decode())
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = Path(tmp) / "admin.crt", Path(tmp) / "admin.key"
+            cert.write_bytes(self._admin_cert.cert_pem)
+            key.write_bytes(self._admin_cert.key_pem)
+            context.load_cert_chain(str(cert), str(key))
+        return context
 
     @property
     def ca_cert_hash(self) -> str:
@@ -181,11 +272,15 @@ class TenantApi:
             self.store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
             self.store.put({"apiVersion": "v1", "kind": "ServiceAccount",
                             "metadata": {"name": "default", "namespace": ns}})
-        self._put_kubelet_config()
 
     def _seed_endpoint(self) -> None:
-        self._put_cluster_info()
+        """What Kamaji's per-tenant (soot) controllers do once the tenant API answers, in the order of
+        clastix/kamaji controllers/soot/manager.go: the kubeadm phases upload-config kubeadm, upload-config
+        kubelet, bootstrap token (cluster-info), cluster-admin RBAC (internal/resources/kubeadm_phases.go)."""
         self._put_kubeadm_config()
+        self._put_kubelet_config()
+        self._put_cluster_info()
+        self._put_cluster_admin_rbac()
         seed_kubeadm_bootstrap_rbac(self.store)  # PhaseBootstrapToken's RBAC for joining nodes (kube_rbac)
 
     def _cluster_info_kubeconfig(self) -> str:
@@ -240,30 +335,52 @@ class TenantApi:
         self.store.put({"apiVersion": "v1", "kind": "ConfigMap",
                         "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
                         "data": {"ClusterConfiguration": yaml.safe_dump(cluster_configuration, sort_keys=False)}})
+        # kubeadm's UploadConfiguration also lets nodes and bootstrap tokens read it
+        # (kubernetes/kubernetes cmd/kubeadm/app/phases/uploadconfig/uploadconfig.go, NodesKubeadmConfigClusterRoleName)
+        self._put_reader_role("kubeadm:nodes-kubeadm-config", "kubeadm-config",
+                              ("system:nodes", "system:bootstrappers:kubeadm:default-node-token"))
 
     def _put_kubelet_config(self) -> None:
-        net = self._network
-        config = {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "cgroupDriver": "systemd", "clusterDNS": net["dns_service_ips"],
-            "clusterDomain": net["cluster_domain"],
-            "authentication": {"x509": {"clientCAFile": "/etc/kubernetes/pki/ca.crt"},
-                               "webhook": {"enabled": True}, "anonymous": {"enabled": False}},
-            "authorization": {"mode": "Webhook"}, "rotateCertificates": True,
-            "staticPodPath": "/etc/kubernetes/manifests",
-        }
-        if self._kubelet.get("cgroupfs"):
-            config["cgroupDriver"] = self._kubelet["cgroupfs"]
-        patches = self._kubelet.get("configurationJSONPatches") or []
-        if patches:
-            try:
-                config = json_patch(config, patches)
-            except PatchError as e:
-                log.warning("tenant %s/%s: kubelet configurationJSONPatches not applied: %s",
-                            self.namespace, self.name, e)
+        """Kamaji's PhaseUploadConfigKubelet (clastix/kamaji internal/kubeadm/uploadconfig.go UploadKubeletConfig):
+        kube-system/kubelet-config from kubelet_configuration(); when a configurationJSONPatch fails the phase
+        returns an error in the per-tenant controller only: kubelet-config (and its Role) is not written or
+        updated, the TCP's status does not show it."""
+        try:
+            config = kubelet_configuration(self._kubelet, self._network["cluster_domain"],
+                                           self._network["dns_service_ips"])
+        except PatchError as e:
+            self.kubelet_config_error = f"unable to apply JSON patching to KubeletConfiguration: {e}"
+            log.warning("tenant %s/%s: Kamaji could not upload kube-system/kubelet-config: %s", self.namespace,
+                        self.name, self.kubelet_config_error)
+            return
+        self.kubelet_config_error = None
         self.store.put({"apiVersion": "v1", "kind": "ConfigMap",
-                        "metadata": {"name": "kubelet-config", "namespace": "kube-system"},
+                        "metadata": {"name": KUBELET_CONFIG_MAP, "namespace": "kube-system"},
                         "data": {"kubelet": yaml.safe_dump(config, sort_keys=False)}})
+        # createConfigMapRBACRules: nodes and bootstrap tokens may get the ConfigMap (kubeadm join reads it)
+        self._put_reader_role("kubeadm:kubelet-config", KUBELET_CONFIG_MAP,
+                              ("system:nodes", "system:bootstrappers:kubeadm:default-node-token"))
+
+    def _put_reader_role(self, name: str, config_map: str, groups: tuple[str, ...]) -> None:
+        rbac = "rbac.authorization.k8s.io/v1"
+        self.store.put({"apiVersion": rbac, "kind": "Role", "metadata": {"name": name, "namespace": "kube-system"},
+                        "rules": [{"verbs": ["get"], "apiGroups": [""], "resources": ["configmaps"],
+                                   "resourceNames": [config_map]}]})
+        self.store.put({"apiVersion": rbac, "kind": "RoleBinding",
+                        "metadata": {"name": name, "namespace": "kube-system"},
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                        "subjects": [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": g}
+                                     for g in groups]})
+
+    def _put_cluster_admin_rbac(self) -> None:
+        """PhaseClusterAdminRBAC (kubeadm's EnsureAdminClusterRoleBinding): kubeadm:cluster-admins -> cluster-admin,
+        what gives admin.conf (O=kubeadm:cluster-admins) its rights."""
+        self.store.put({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                        "metadata": {"name": CLUSTER_ADMINS_GROUP},
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                    "name": "cluster-admin"},
+                        "subjects": [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io",
+                                      "name": CLUSTER_ADMINS_GROUP}]})
 
     def reconfigure(self, version: str, kubelet: dict | None = None) -> None:
         """What Kamaji does on a spec change: the new version served, kubeadm/kubelet config rewritten."""
@@ -272,7 +389,7 @@ class TenantApi:
         if self.server is not None:
             self.server.git_version = version
             self._put_kubeadm_config()
-        self._put_kubelet_config()
+            self._put_kubelet_config()
 
     # ---------------------------------------------------------------- what kubelets would do
     def add_node(self, name: str, *, ready: bool = True, kubelet_version: str | None = None,

@@ -4,8 +4,10 @@ A real kubeadm/kubelet cannot run on the lab machines, so this script stands in 
 - `kubeadm join --config FILE` validates the JoinConfiguration (kubeadm.k8s.io/v1beta4), performs the
   bootstrap-token discovery against the tenant API (reads kube-public/cluster-info, pins the CA against
   `caCertHashes`: sha256 of the CA's DER SubjectPublicKeyInfo), then, over TLS verified with that CA and
-  authenticated with the bootstrap token as a bearer token, registers the Node (name, node-labels, taints) and
-  writes /etc/kubernetes/kubelet.conf, /etc/kubernetes/pki/ca.crt and /var/lib/kubelet/config.yaml.
+  authenticated with the bootstrap token as a bearer token, reads kube-system/kubeadm-config and kubelet-config
+  as kubeadm join does (a missing kubelet-config fails the join at kubelet-start with kubeadm's message, before
+  the Node exists), registers the Node (name, node-labels, taints) and writes /etc/kubernetes/kubelet.conf,
+  /etc/kubernetes/pki/ca.crt and /var/lib/kubelet/config.yaml (the cluster's kubelet-config document).
   Like kubeadm it also checks cluster-info's `jws-kubeconfig-<token id>` signature (HS256 with the token
   secret). It does not do the TLS bootstrap (CSR): kubelet.conf names client-certificate paths that hold no
   certificate.
@@ -300,7 +302,43 @@ def register_node(server: str, ca_pem: bytes, token: str, cfg: dict, version: st
         raise KubeadmError(f"[kubelet-start] registering Node {name}: HTTP {status} {message}")
 
 
-def write_node_files(server: str, ca_pem: bytes, name: str) -> None:
+def _get_config_map(server: str, context: ssl.SSLContext, token: str, name: str) -> tuple[int, dict]:
+    try:
+        return _request(f"{server}/api/v1/namespaces/kube-system/configmaps/{name}", context, token=token)
+    except (OSError, ValueError) as exc:
+        raise KubeadmError(f"[preflight] cannot reach {server}: {exc}") from exc
+
+
+def fetch_cluster_configuration(server: str, ca_pem: bytes, token: str) -> tuple[dict, str | None]:
+    """What `kubeadm join` reads from the cluster before kubelet-start (kubernetes/kubernetes
+    cmd/kubeadm/app/util/config/cluster.go FetchInitConfigurationFromCluster, with the bootstrap token):
+    kube-system/kubeadm-config (required: "unable to fetch the kubeadm-config ConfigMap") and the kubelet
+    component config kube-system/kubelet-config (cmd/kubeadm/app/componentconfigs/configset.go fromCluster: a
+    missing ConfigMap is only a warning, "No kubelet.config.k8s.io/v1beta1 config is loaded. Continuing without
+    it"). Returns (ClusterConfiguration, the kubelet ConfigMap's `kubelet` document or None)."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    status, cm = _get_config_map(server, context, token, "kubeadm-config")
+    if status != 200:
+        raise KubeadmError("unable to fetch the kubeadm-config ConfigMap: failed to get config map: "
+                           f"{cm.get('message') or f'HTTP {status}'}")
+    try:
+        cluster_configuration = yaml.safe_load(cm["data"]["ClusterConfiguration"])
+    except (KeyError, TypeError, yaml.YAMLError) as exc:
+        raise KubeadmError(f"unexpected error when reading kubeadm-config ConfigMap: {exc}") from exc
+    status, cm = _get_config_map(server, context, token, "kubelet-config")
+    if status in (403, 404):
+        print(f"W0000 lab kubeadm: No kubelet.config.k8s.io/v1beta1 config is loaded. Continuing without it: "
+              f"{cm.get('message') or f'HTTP {status}'}", file=sys.stderr)
+        return cluster_configuration, None
+    if status != 200:
+        raise KubeadmError(f"[preflight] kubelet-config: HTTP {status} {cm.get('message', '')}")
+    document = (cm.get("data") or {}).get("kubelet")
+    if document is None:  # configset.go: the ConfigMap without its key is an error, not a warning
+        raise KubeadmError("unexpected error when reading kubelet-config ConfigMap: kubelet key value pair missing")
+    return cluster_configuration, document
+
+
+def write_node_files(server: str, ca_pem: bytes, name: str, kubelet_config: str) -> None:
     pki = _path(f"{KUBERNETES_DIR}/pki")
     pki.mkdir(parents=True, exist_ok=True)
     (pki / "ca.crt").write_bytes(ca_pem)
@@ -318,19 +356,21 @@ def write_node_files(server: str, ca_pem: bytes, name: str) -> None:
     conf = _path(f"{KUBERNETES_DIR}/kubelet.conf")
     conf.write_text(f"# written by the {LAB_MARKER} of kubeadm for node {name}\n" + json.dumps(kubelet_conf))
     conf.chmod(0o600)
-    write_kubelet_config()
+    write_kubelet_config(kubelet_config)
 
 
-def write_kubelet_config(step: str = "join") -> None:
-    """The kubelet configuration kubeadm writes at `join` and `upgrade node`, stamped with the step and the
-    emulated kubeadm's version (so tests can tell which kubeadm wrote it)."""
+def write_kubelet_config(document: str, step: str = "join") -> None:
+    """/var/lib/kubelet/config.yaml as kubeadm's kubelet-start phase writes it: the cluster's kubelet-config
+    document (kubernetes/kubernetes cmd/kubeadm/app/phases/kubelet/config.go WriteConfigToDisk), stamped with the
+    step and the emulated kubeadm's version (so tests can tell which kubeadm wrote it)."""
+    config = yaml.safe_load(document)
+    if not isinstance(config, dict) or config.get("kind") != "KubeletConfiguration":
+        raise KubeadmError("no kubelet component config found")
     kubelet = _path(KUBELET_DIR)
     kubelet.mkdir(parents=True, exist_ok=True)
     (kubelet / "config.yaml").write_text(
         f"# written by the {LAB_MARKER} of kubeadm {lab_version()} ({step})\n"
-        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: systemd\n"
-        "authentication:\n  x509:\n    clientCAFile: /etc/kubernetes/pki/ca.crt\n"
-    )
+        + yaml.safe_dump(config, sort_keys=False))
 
 
 # ---------------------------------------------------------------- commands
@@ -341,8 +381,12 @@ def cmd_join(config: str) -> None:
     bt = cfg["discovery"]["bootstrapToken"]
     server, ca_pem = discover(bt["apiServerEndpoint"], bt["token"], bt["caCertHashes"])
     token = cfg["discovery"].get("tlsBootstrapToken", bt["token"])
+    _, kubelet_config = fetch_cluster_configuration(server, ca_pem, token)
+    if kubelet_config is None:
+        # join's kubelet-start phase (cmd/kubeadm/app/cmd/phases/join/kubelet.go -> WriteConfigToDisk)
+        raise KubeadmError("error execution phase kubelet-start: no kubelet component config found")
     register_node(server, ca_pem, token, cfg, lab_version())
-    write_node_files(server, ca_pem, cfg["nodeRegistration"]["name"])
+    write_node_files(server, ca_pem, cfg["nodeRegistration"]["name"], kubelet_config)
     print("This node has joined the cluster (lab emulator: Node registered, kubelet not started).")
 
 
@@ -360,7 +404,12 @@ def cmd_reset() -> None:
 def cmd_upgrade_node() -> None:
     if not _path(f"{KUBERNETES_DIR}/kubelet.conf").exists():
         raise KubeadmError("[upgrade] this node has not joined a cluster (no kubelet.conf)")
-    write_kubelet_config("upgrade node")
+    # `kubeadm upgrade node` re-downloads kubelet-config with the node's credentials (phases/upgrade/node
+    # kubelet-config); the lab node has no real client certificate, so the configuration it joined with is kept
+    current = _path(f"{KUBELET_DIR}/config.yaml")
+    body = "\n".join(line for line in current.read_text().splitlines() if not line.startswith("#")) \
+        if current.exists() else ""
+    write_kubelet_config(body, "upgrade node")
     print(f"[upgrade] lab emulator: kubelet configuration rewritten for {lab_version()}")
 
 
