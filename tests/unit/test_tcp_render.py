@@ -46,7 +46,7 @@ def test_identity_labels_and_names_come_from_the_service():
 def test_kubelet_uses_json_patches_not_the_deprecated_cgroupfs_field():
     kubelet = render_tcp(spec(), "a", "b")["spec"]["kubernetes"]["kubelet"]
     assert "cgroupfs" not in kubelet
-    assert kubelet["configurationJSONPatches"] == [{"op": "replace", "path": "/cgroupDriver", "value": "systemd"}]
+    assert kubelet["configurationJSONPatches"] == [{"op": "add", "path": "/cgroupDriver", "value": "systemd"}]
     kubelet = render_tcp(spec(), "a", "b", TcpSettings(cgroup_driver="cgroupfs"))["spec"]["kubernetes"]["kubelet"]
     assert kubelet["configurationJSONPatches"][0]["value"] == "cgroupfs"
 
