@@ -120,7 +120,9 @@ class MetricsLab:
         self.kube.put_object({
             "apiVersion": TCP_API, "kind": "TenantControlPlane", "metadata": {"name": name, "namespace": NAMESPACE},
             "spec": {"dataStore": "default", "kubernetes": {"version": "v1.35.0", "kubelet": {"cgroupfs": "systemd"}},
-                     "controlPlane": {"deployment": {"replicas": 2}, "service": {"serviceType": "ClusterIP"}}},
+                     "controlPlane": {"deployment": {"replicas": 2}, "service": {"serviceType": "ClusterIP"}},
+                     # Kamaji's CEL rules read self.networkProfile: without it they error, as in a real apiserver
+                     "networkProfile": {"port": 6443}},
         })
         tenant.vm_names = [f"{name}-default-{i}" for i in range(vms)]
         if self.pve is not None:
