@@ -200,6 +200,13 @@ def test_join_writes_the_clusters_kubelet_config(make_tenant, tmp_path, monkeypa
     assert yaml.safe_load(written)["clusterDNS"] == ["10.96.0.10"]
 
 
+def test_join_defaults_an_unset_cgroup_driver_to_systemd_as_kubeadm(make_tenant, tmp_path, monkeypatch):
+    tenant = make_tenant()  # no cgroupfs, no patch: kubelet-config has no cgroupDriver
+    assert "cgroupDriver" not in yaml.safe_load(_config_map(tenant, "kubelet-config")["data"]["kubelet"])
+    assert _join(tmp_path, tenant, monkeypatch) == 0
+    assert yaml.safe_load((tmp_path / "root/var/lib/kubelet/config.yaml").read_text())["cgroupDriver"] == "systemd"
+
+
 def test_join_fails_without_kubelet_config_before_registering(make_tenant, tmp_path, monkeypatch, capsys):
     tenant = make_tenant({"configurationJSONPatches": [{"op": "replace", "path": "/cgroupDriver", "value": "systemd"}]})
     assert _join(tmp_path, tenant, monkeypatch) == 1

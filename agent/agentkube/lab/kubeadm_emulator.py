@@ -366,6 +366,10 @@ def write_kubelet_config(document: str, step: str = "join") -> None:
     config = yaml.safe_load(document)
     if not isinstance(config, dict) or config.get("kind") != "KubeletConfiguration":
         raise KubeadmError("no kubelet component config found")
+    # kubeadm's kubelet component config default: an empty cgroupDriver becomes systemd
+    # (kubernetes/kubernetes cmd/kubeadm/app/componentconfigs/kubelet.go Default)
+    if not config.get("cgroupDriver"):
+        config["cgroupDriver"] = "systemd"
     kubelet = _path(KUBELET_DIR)
     kubelet.mkdir(parents=True, exist_ok=True)
     (kubelet / "config.yaml").write_text(
