@@ -1,5 +1,5 @@
 """The lab's Kubernetes side in one object: a Kamaji parent cluster (HTTPS API with the Kamaji CRDs, a
-simulated Kamaji controller and its version webhook, optional CRD schema validation) that starts one API
+simulated Kamaji controller and its webhooks, optional CRD schema validation) that starts one API
 server per TenantControlPlane. Tests and the lab use this facade; clients use `write_kubeconfig()`."""
 
 from __future__ import annotations
