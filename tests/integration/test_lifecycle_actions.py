@@ -6,6 +6,8 @@ Slow (each action is a real playbook run of tens of seconds): one module-scoped 
 from __future__ import annotations
 
 import copy
+import threading
+import time
 
 import pytest
 from agent_harness import job_done, lifecycle_lab, wait_for
@@ -61,6 +63,49 @@ def vm_states(lab: Lab, tenant: str) -> dict[int, tuple]:
     """vmid -> (name, status, config digest, pending config) of every VM the tenant owns."""
     return lab.pve.call(lambda: {vm.vmid: (vm.config.get("name"), vm.status, vm.digest(), dict(vm.pending))
                                  for vm in lab.pve.fake.vms if f"tenant-{tenant}" in str(vm.config.get("tags") or "")})
+
+
+def scale_down_blocked_by_a_budget_then_allowed(lab: Lab, svc: dict, name: str, spec: dict) -> None:
+    """2 -> 1 workers while a PodDisruptionBudget protects the only replica on the node to remove: the tenant's
+    apiserver answers the eviction 429, the drain retries, and goes on once the budget is relaxed meanwhile."""
+    tenant = lab.kube.tenant(NAMESPACE, name)
+    store, victim = tenant.store, f"{name}-default-1"
+    rs = store.put({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "web", "namespace": "default"},
+                    "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}}})
+    store.put({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "web-0", "namespace": "default", "labels": {"app": "web"},
+                            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web",
+                                                 "uid": rs["metadata"]["uid"], "controller": True}]},
+               "spec": {"nodeName": victim, "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "web", "image": "nginx"}]},
+               "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+    pdb_type = store.resolve("policy/v1", "PodDisruptionBudget")
+    store.put({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+               "metadata": {"name": "web-pdb", "namespace": "default"},
+               "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}})
+    assert store.get(pdb_type, "default", "web-pdb")["status"]["disruptionsAllowed"] == 0
+    eviction = ("POST", "/api/v1/namespaces/default/pods/web-0/eviction")
+    relaxed = threading.Event()
+
+    def relax_after_a_refusal() -> None:  # an operator frees the budget while the drain keeps retrying
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while time.monotonic() < deadline and tenant.server.method_count[eviction] < 1:
+            time.sleep(0.2)
+        pdb = store.get(pdb_type, "default", "web-pdb")
+        pdb["spec"]["minAvailable"] = 0
+        store.put(pdb)
+        relaxed.set()
+
+    threading.Thread(target=relax_after_a_refusal, daemon=True).start()
+    down = copy.deepcopy(spec)
+    down["nodePools"][0]["count"] = 1
+    scaled = run(lab, svc, "update", down)
+    assert scaled["status"] == "Completed", scaled.get("errorMessage")
+    assert relaxed.is_set() and tenant.server.method_count[eviction] >= 2  # refused first, then allowed
+    assert [n["name"] for n in lab.fulcrum.get_service(svc["id"])["agentInstanceData"]["nodes"]] == [
+        f"{name}-default-0"]
+    assert store.find(store.resolve("v1", "Node"), None, victim) is None
+    assert store.find(store.resolve("v1", "Pod"), "default", "web-0") is None
 
 
 def test_create_reports_the_tenant_then_a_skipped_minor_is_refused_and_delete_leaves_nothing(lab):
@@ -182,6 +227,9 @@ def test_stop_sleeps_the_control_plane_start_wakes_it_and_update_scales_and_resi
     assert data["controlPlane"] == {"replicas": 2, "status": "Ready"}
     assert all(n["status"] != "Stopped" for n in data["nodes"])
     assert {int(vm.config["cores"]) for vm in vms} == {4}  # applied by the reboot
+
+    if lab.emulated_workers:
+        scale_down_blocked_by_a_budget_then_allowed(lab, svc, name, grown)
 
     deleted = run(lab, svc, "delete")
     assert deleted["status"] == "Completed", deleted.get("errorMessage")
