@@ -138,20 +138,3 @@ def issue_client_cert(ca: LabCA, name: str, common_name: str, organizations: tup
     key_file.chmod(0o600)
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return ClientCert(cert_file.read_bytes(), key_file.read_bytes())
-
-
-def identity_of_peer_cert(peer: dict | None) -> tuple[str, tuple[str, ...]] | None:
-    """(user, groups) of a verified peer certificate as ssl.getpeercert() gives it: CN is the user name, each
-    O a group (k8s.io/apiserver pkg/authentication/request/x509/x509.go CommonNameUserConversion)."""
-    if not peer:
-        return None
-    user, groups = "", []
-    for rdn in peer.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                user = value
-            elif key == "organizationName":
-                groups.append(value)
-    if not user:
-        return None  # x509.go: "common name of user cert is empty" -> not authenticated
-    return user, tuple(groups)

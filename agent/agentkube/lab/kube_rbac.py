@@ -61,7 +61,9 @@ def identity_of_client_cert(peer: dict | None) -> Identity | None:
 MASTERS = Identity("kubernetes-admin", (SYSTEM_PRIVILEGED_GROUP,))
 
 
-def _decode(secret: dict, key: str) -> str | None:
+def secret_field(secret: dict, key: str) -> str | None:
+    """A Secret's data field, base64-decoded (None when absent or not base64). stringData is never stored: the
+    store merges it into data."""
     raw = (secret.get("data") or {}).get(key)
     if raw is None:
         return None
@@ -76,11 +78,11 @@ def bootstrap_identity(secret: dict) -> Identity | None:
     system:bootstrap:<token-id>, groups system:bootstrappers plus `auth-extra-groups`; a malformed extra group
     fails the authentication. plugin/pkg/auth/authenticator/token/bootstrap/bootstrap.go (AuthenticateToken),
     staging/src/k8s.io/cluster-bootstrap/token/util/helpers.go (GetGroups)."""
-    token_id = _decode(secret, "token-id")
+    token_id = secret_field(secret, "token-id")
     if not token_id:
         return None
     groups = [BOOTSTRAP_DEFAULT_GROUP]
-    for group in (_decode(secret, "auth-extra-groups") or "").split(","):
+    for group in (secret_field(secret, "auth-extra-groups") or "").split(","):
         group = group.strip()
         if not group:
             continue

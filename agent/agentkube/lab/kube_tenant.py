@@ -30,7 +30,7 @@ from agentkube.lab.certs import LabCA, issue_client_cert
 from agentkube.lab.kube_http import KubeApiServer
 from agentkube.lab.kube_kubeconfig import kubeconfig_yaml
 from agentkube.lab.kube_patch import PatchError, json_patch
-from agentkube.lab.kube_rbac import seed_kubeadm_bootstrap_rbac
+from agentkube.lab.kube_rbac import secret_field, seed_kubeadm_bootstrap_rbac
 from agentkube.lab.kube_resources import CORE_TYPES, TENANT_EXTRA_TYPES, ResourceCatalog, ResourceType
 from agentkube.lab.kube_store import ObjectStore
 
@@ -124,18 +124,6 @@ def detached_jws(content: str, token_id: str, token_secret: str) -> str:
     return f"{header}..{_b64url(signature)}"
 
 
-def _decode_secret_field(secret: dict, key: str) -> str | None:
-    if key in (secret.get("stringData") or {}):
-        return secret["stringData"][key]
-    raw = (secret.get("data") or {}).get(key)
-    if raw is None:
-        return None
-    try:
-        return base64.b64decode(raw).decode()
-    except ValueError:
-        return None
-
-
 class TenantApi:
     """A tenant API server. `store` is its data (it outlives sleep: the server stops, the data stays)."""
 
@@ -219,10 +207,10 @@ class TenantApi:
         secret = self.store.find(self._type("Secret"), "kube-system", f"bootstrap-token-{token_id}")
         if secret is None or secret.get("type") != BOOTSTRAP_TOKEN_TYPE:
             return False
-        if _decode_secret_field(secret, "usage-bootstrap-authentication") != "true":
+        if secret_field(secret, "usage-bootstrap-authentication") != "true":
             return False
-        expected = _decode_secret_field(secret, "token-secret") or ""
-        expiration = _decode_secret_field(secret, "expiration")
+        expected = secret_field(secret, "token-secret") or ""
+        expiration = secret_field(secret, "expiration")
         if expiration:
             try:
                 if dt.datetime.fromisoformat(expiration.replace("Z", "+00:00")) < dt.datetime.now(dt.UTC):
@@ -306,10 +294,10 @@ class TenantApi:
     def _bootstrap_signature(secret: dict, content: str) -> tuple[str, str] | None:
         if secret.get("type") != BOOTSTRAP_TOKEN_TYPE:
             return None
-        if _decode_secret_field(secret, "usage-bootstrap-signing") != "true":
+        if secret_field(secret, "usage-bootstrap-signing") != "true":
             return None
-        token_id = _decode_secret_field(secret, "token-id")
-        token_secret = _decode_secret_field(secret, "token-secret")
+        token_id = secret_field(secret, "token-id")
+        token_secret = secret_field(secret, "token-secret")
         if not token_id or not token_secret:
             return None
         return f"jws-kubeconfig-{token_id}", detached_jws(content, token_id, token_secret)
