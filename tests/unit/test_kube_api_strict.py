@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import base64
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from unit_support import wait_for
 
 from agentkube.lab.kube_disruption import DisruptionController, scaled_value
 from agentkube.lab.kube_emulator import KubeEmulator
@@ -24,16 +24,6 @@ from agentkube.lab.kube_store import ObjectStore
 from agentkube.lab.kube_tenant import TenantApi
 
 NS = "default"
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import requests
 import yaml
 from kubernetes import client, config, dynamic
 from kubernetes.client.rest import ApiException
+from unit_support import wait_for
 
 from agentkube.lab.kube_emulator import READY_DELAY_ANNOTATION, KubeEmulator, default_crd_schema_path
 
@@ -44,16 +44,6 @@ def tcp(name: str = "t1", version: str = "v1.34.2", replicas: int = 1, **annotat
             "spec": {"dataStoreSchema": f"{NS}_{name}",
                      "controlPlane": {"deployment": {"replicas": replicas}, "service": {"serviceType": "ClusterIP"}},
                      "kubernetes": {"version": version, "kubelet": {}}}}
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def message_of(error: ApiException) -> str:

@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
+from unit_support import load_module_utils
 
-MODULE_UTILS = Path(__file__).resolve().parents[2] / "module_utils"
-
-
-def _load(name: str):
-    """Import a module_utils file as Ansible exposes it (ansible.module_utils.<name>)."""
-    sys.path.insert(0, str(MODULE_UTILS))
-    try:
-        module = importlib.import_module(name)
-    finally:
-        sys.path.remove(str(MODULE_UTILS))
-    sys.modules[f"ansible.module_utils.{name}"] = module
-    return module
-
-
-cfg = _load("proxmox_vm_config")
-api = _load("proxmox_api")
-alloc = _load("proxmox_vm_allocation")
+cfg = load_module_utils("proxmox_vm_config")
+api = load_module_utils("proxmox_api")
+alloc = load_module_utils("proxmox_vm_allocation")
 
 
 def test_tags_are_lowercase_tokens_marking_owner_service_tenant_and_pool():

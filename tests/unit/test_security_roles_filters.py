@@ -4,26 +4,19 @@ service's."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from ansible.errors import AnsibleFilterError
+from unit_support import playbook_filters
 
 from agentkube.core.naming import tenant_name
 
-REPO = Path(__file__).resolve().parents[2]
 SERVICE = "3f2c8a8e-1d2b-4c55-9a0e-0b4f7b1c9d21"
 OTHER = "9d1e7f00-2a3b-4c5d-8e9f-001122334455"
 
 
 @pytest.fixture(scope="module")
 def filters():
-    path = REPO / "playbooks" / "filter_plugins" / "agentkube_filters.py"
-    spec = importlib.util.spec_from_file_location("agentkube_filters_security", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.FilterModule().filters()
+    return playbook_filters("agentkube_filters_security")
 
 
 def test_a_derived_or_recorded_name_of_the_service_belongs(filters):

@@ -3,31 +3,16 @@ destroy of proxmox_vm_ops refusing a VM whose freshly read config is not the ser
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
+from unit_support import load_module_utils
 
-MODULE_UTILS = Path(__file__).resolve().parents[2] / "module_utils"
 SERVICE = "3f2c8a8e-1d2b-4c55-9a0e-0b4f7b1c9d21"
 OTHER = "9d1e7f00-2a3b-4c5d-8e9f-001122334455"
 
 
-def _load(name: str):
-    """Import a module_utils file as Ansible exposes it (ansible.module_utils.<name>)."""
-    sys.path.insert(0, str(MODULE_UTILS))
-    try:
-        module = importlib.import_module(name)
-    finally:
-        sys.path.remove(str(MODULE_UTILS))
-    sys.modules[f"ansible.module_utils.{name}"] = module
-    return module
-
-
-api = _load("proxmox_api")
-cfg = _load("proxmox_vm_config")
-ops = _load("proxmox_vm_ops")
+api = load_module_utils("proxmox_api")
+cfg = load_module_utils("proxmox_vm_config")
+ops = load_module_utils("proxmox_vm_ops")
 
 MINE = f"agentkube;pool-default;svc-{SERVICE};tenant-shop-abc123"
 

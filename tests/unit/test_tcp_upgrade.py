@@ -3,17 +3,14 @@ kamaji_tcp role calls them through (playbooks/filter_plugins/agentkube_filters.p
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from unit_support import playbook_filters
 
 from agentkube.core.tcp_status import describe, not_ready_reason, reached, version_status
 from agentkube.core.tcp_upgrade import UpgradeRefused, normalise_upgrade_path, plan_upgrade
 
 WINDOW = {"min_minor": (1, 33), "max_minor": (1, 36)}
 PATH = {"1.33": "v1.33.5", "1.34": "v1.34.1", "1.35": "v1.35.7", "1.36": "v1.36.0"}
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -108,11 +105,7 @@ def test_describe_names_the_last_status_and_reason():
 
 @pytest.fixture(scope="module")
 def filters():
-    path = REPO / "playbooks" / "filter_plugins" / "agentkube_filters.py"
-    spec = importlib.util.spec_from_file_location("agentkube_filters", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.FilterModule().filters()
+    return playbook_filters("agentkube_filters")
 
 
 def test_filters_wrap_core(filters):

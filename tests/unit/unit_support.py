@@ -1,0 +1,45 @@
+"""Helpers the unit tests share: loading the Ansible side's Python as Ansible does, and polling."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_UTILS = REPO / "module_utils"
+
+
+def load_module_utils(name: str):
+    """Import a module_utils file as Ansible exposes it (ansible.module_utils.<name>)."""
+    sys.path.insert(0, str(MODULE_UTILS))
+    try:
+        module = importlib.import_module(name)
+    finally:
+        sys.path.remove(str(MODULE_UTILS))
+    sys.modules[f"ansible.module_utils.{name}"] = module
+    return module
+
+
+def playbook_filters(module_name: str = "agentkube_filters") -> dict[str, Any]:
+    """The playbooks' Jinja filters (playbooks/filter_plugins/agentkube_filters.py) by name."""
+    path = REPO / "playbooks" / "filter_plugins" / "agentkube_filters.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.FilterModule().filters()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
