@@ -67,15 +67,16 @@ _UNLIMITED = TenantLimits(max_node_pools=10**6, max_workers=10**9, max_cert_sans
                           max_properties_bytes=10**9, control_plane_address_ranges=["0.0.0.0/0"])
 
 
-def check_identity(job: Job) -> None:
-    """The service's ids and name, which become labels, tags and the tenant's name. (The job id is checked where
-    it becomes a path or a URL: the Fulcrum client skips jobs whose id is not a UUID, the runner checks paths.)"""
+def check_identity(job: Job) -> str:
+    """The tenant's name, once the service's ids and name (which become labels, tags and that name) are checked.
+    The job id is checked where it becomes a path or a URL: the Fulcrum client skips jobs whose id is not a UUID,
+    the runner checks paths."""
     for field, value in (("service.id", job.service.id), ("service.groupId", job.service.group_id)):
         if (value or field == "service.id") and not SAFE_ID_RE.fullmatch(value):
             raise JobInputError(f"{field}: {value[:80]!r} is not an id (a Kubernetes label value: letters, digits, "
                                 "'-', '_', '.', at most 63)")
     try:
-        tenant_name_for(job.service.name, job.service.id, job.service.agent_instance_data)
+        return tenant_name_for(job.service.name, job.service.id, job.service.agent_instance_data)
     except ServiceNameError as e:
         raise JobInputError(f"service.name: {e}") from None
 
@@ -84,12 +85,12 @@ def build_job_vars(job: Job, window: tuple[tuple[int, int], tuple[int, int]] | N
                    validate_spec: bool = True, limits: TenantLimits | None = None) -> dict[str, Any]:
     """The vars document for a job. Custom actions (and every action when validate_spec is off) get their raw
     params (the service's properties when the job has none) under `agentkube_params`."""
-    check_identity(job)
+    tenant = check_identity(job)
     previous = job.service.agent_instance_data or {}
     doc: dict[str, Any] = {
         "agentkube_job": {"id": job.id, "action": job.action},
         "agentkube_service": {"id": job.service.id, "name": job.service.name, "groupId": job.service.group_id},
-        "agentkube_tenant_name": tenant_name_for(job.service.name, job.service.id, previous),
+        "agentkube_tenant_name": tenant,
         "agentkube_previous": previous,
     }
     if validate_spec and (job.action in SPEC_ACTIONS or job.action in LIFECYCLE_ACTIONS):
@@ -129,14 +130,17 @@ def _at(data: Any, path: Path_) -> Any:
     return data
 
 
+def _ref_at(data: Any, path: Path_) -> str | None:
+    """The ref of the `vault://<ref>` value at path, None when there is none."""
+    value = _at(data, path)
+    if isinstance(value, str) and value.startswith(VAULT_PREFIX) and len(value) > len(VAULT_PREFIX):
+        return value[len(VAULT_PREFIX):]
+    return None
+
+
 def vault_refs(data: Any, paths: Iterable[Path_]) -> set[str]:
     """The `vault://<ref>` values (refs without the prefix) standing at the given paths of data."""
-    refs = set()
-    for path in paths:
-        value = _at(data, path)
-        if isinstance(value, str) and value.startswith(VAULT_PREFIX) and len(value) > len(VAULT_PREFIX):
-            refs.add(value[len(VAULT_PREFIX):])
-    return refs
+    return {ref for path in paths if (ref := _ref_at(data, path)) is not None}
 
 
 def substitute_vault(data: Any, paths: Iterable[Path_], resolved: dict[str, str]) -> Any:
@@ -146,10 +150,7 @@ def substitute_vault(data: Any, paths: Iterable[Path_], resolved: dict[str, str]
         return data
     out = dict(data)
     for path in paths:
-        value = _at(out, path)
-        if not (isinstance(value, str) and value.startswith(VAULT_PREFIX)):
-            continue
-        ref = value[len(VAULT_PREFIX):]
+        ref = _ref_at(out, path)
         if ref not in resolved:
             continue
         node = out
