@@ -64,7 +64,7 @@ def test_discovery_publishes_kamaji_types(api: client.ApiClient) -> None:
     assert by_name["tenantcontrolplanes/status"]["kind"] == "TenantControlPlane"
     assert by_name["tenantcontrolplanes/scale"]["kind"] == "Scale"
     groups = client.ApisApi(api).get_api_versions().to_dict()["groups"]
-    assert [g["name"] for g in groups] == ["rbac.authorization.k8s.io", "kamaji.clastix.io"]
+    assert [g["name"] for g in groups] == ["rbac.authorization.k8s.io", "coordination.k8s.io", "kamaji.clastix.io"]
 
 
 def test_tls_is_verified_and_credentials_required(emu: KubeEmulator) -> None:

@@ -15,7 +15,14 @@ from agentkube.lab.kamaji_webhook import KamajiTcpWebhook
 from agentkube.lab.kube_http import Fault, KubeApiServer
 from agentkube.lab.kube_kubeconfig import kubeconfig_yaml, write_private
 from agentkube.lab.kube_rbac import SYSTEM_PRIVILEGED_GROUP, Identity
-from agentkube.lab.kube_resources import CORE_TYPES, DATA_STORE, KAMAJI_TYPES, RBAC_TYPES, ResourceCatalog
+from agentkube.lab.kube_resources import (
+    COORDINATION_TYPES,
+    CORE_TYPES,
+    DATA_STORE,
+    KAMAJI_TYPES,
+    RBAC_TYPES,
+    ResourceCatalog,
+)
 from agentkube.lab.kube_store import ObjectStore
 from agentkube.lab.kube_tenant import TenantApi
 
@@ -51,7 +58,7 @@ class KubeEmulator:
         # bearer token -> identity: the admin (system:masters, RBAC bypassed) and identities added with
         # add_identity() (e.g. the agent's ServiceAccount), which RBAC authorizes like any other user
         self._identities: dict[str, Identity] = {self._token: Identity("kamaji-admin", (SYSTEM_PRIVILEGED_GROUP,))}
-        self.store = ObjectStore(ResourceCatalog(CORE_TYPES + RBAC_TYPES + KAMAJI_TYPES))
+        self.store = ObjectStore(ResourceCatalog(CORE_TYPES + RBAC_TYPES + COORDINATION_TYPES + KAMAJI_TYPES))
         self.webhook = KamajiTcpWebhook(
             max_version, datastore_exists=lambda name: self.store.find(DATA_STORE, None, name) is not None)
         self.schema = None

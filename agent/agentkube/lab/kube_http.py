@@ -427,7 +427,11 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "GET":
                 return 200, store.get(t.rtype, t.namespace, t.name), None
             if method == "PUT":
-                return 200, store.replace(t.rtype, t.namespace, t.name, body, t.subresource, dry_run), None
+                # staging/src/k8s.io/apiserver/pkg/endpoints/handlers/update.go: 201 when the PUT created the object
+                # (a type whose strategy allows create on update, e.g. Lease)
+                existed = t.subresource or store.find(t.rtype, t.namespace, t.name) is not None
+                obj = store.replace(t.rtype, t.namespace, t.name, body, t.subresource, dry_run)
+                return (200 if existed else 201), obj, None
             if method == "PATCH":
                 existed = store.find(t.rtype, t.namespace, t.name) is not None
                 obj = store.patch(t.rtype, t.namespace, t.name, content_type, body, t.subresource,

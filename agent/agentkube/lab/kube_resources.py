@@ -24,6 +24,12 @@ class ResourceType:
     scale_status_path: str = ""
     scale_selector_path: str = ""
     categories: tuple[str, ...] = field(default=())
+    # the registry strategy's update policy (staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go,
+    # Update): a PUT without metadata.resourceVersion is applied to the latest object only when the strategy's
+    # AllowUnconditionalUpdate() is true (422 otherwise); a PUT of a missing object creates it (201) only when
+    # AllowCreateOnUpdate() is true (404 otherwise)
+    allow_unconditional_update: bool = True
+    allow_create_on_update: bool = False
 
     @property
     def api_version(self) -> str:
@@ -120,6 +126,13 @@ TENANT_EXTRA_TYPES: tuple[ResourceType, ...] = (
     ResourceType("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", False,
                  ("crd",), subresources=("status",)),
 )
+
+# coordination.k8s.io/v1 Leases (k8s.io/api/coordination/v1/types.go: namespaced, no subresource), served by the
+# parent for leader election. pkg/registry/coordination/lease/strategy.go: AllowUnconditionalUpdate false,
+# AllowCreateOnUpdate true.
+LEASE = ResourceType("coordination.k8s.io", "v1", "Lease", "leases", True, allow_unconditional_update=False,
+                     allow_create_on_update=True)
+COORDINATION_TYPES: tuple[ResourceType, ...] = (LEASE,)
 
 KAMAJI_GROUP = "kamaji.clastix.io"
 KAMAJI_VERSION = "v1alpha1"

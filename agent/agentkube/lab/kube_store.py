@@ -228,9 +228,24 @@ class ObjectStore:
         with self._lock:
             old = self._bucket(rtype).get(self._key(rtype, namespace, name))
             if old is None:
+                if rtype.allow_create_on_update:  # store.go Update: the create flow, for a strategy that allows it
+                    meta["name"] = name
+                    meta.pop("resourceVersion", None)
+                    return self.create(rtype, namespace, obj, dry_run=dry_run)
                 raise not_found(rtype, name)
             rv = meta.get("resourceVersion")
+            if not rv and not rtype.allow_unconditional_update:
+                # staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go, Update: no resourceVersion
+                # and a strategy without AllowUnconditionalUpdate: Invalid, with the resource as the kind
+                group_resource = qualified(rtype)
+                raise ApiError(422, "Invalid",
+                               f'{group_resource} "{name}" is invalid: metadata.resourceVersion: Invalid value: '
+                               "0x0: must be specified for an update",
+                               {"name": name, "group": rtype.group, "kind": rtype.plural, "causes": [{
+                                   "reason": "FieldValueInvalid", "field": "metadata.resourceVersion",
+                                   "message": "Invalid value: 0x0: must be specified for an update"}]})
             if rv and rv != old["metadata"]["resourceVersion"]:
+                # store.go Update: NewConflict(qualifiedResource, name, OptimisticLockErrorMsg)
                 raise ApiError(409, "Conflict",
                                f'Operation cannot be fulfilled on {qualified(rtype)} "{name}": the object has '
                                "been modified; please apply your changes to the latest version and try again",
@@ -577,6 +592,11 @@ def _parse_rfc3339(value: str) -> dt.datetime:
 
 def _default_and_convert(rtype: ResourceType, obj: dict) -> None:
     """What decoding a write does to an object before it is stored (defaults and internal conversion)."""
+    if rtype.group == "coordination.k8s.io" and rtype.kind == "Lease":
+        from agentkube.lab.kube_lease import decode_and_validate_lease  # kube_lease imports this module
+
+        decode_and_validate_lease(rtype, obj)
+        return
     if rtype.group or rtype.version != "v1":
         return
     if rtype.kind == "Pod":
