@@ -35,11 +35,11 @@ def playbook_filters(module_name: str = "agentkube_filters") -> dict[str, Any]:
     return module.FilterModule().filters()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> object:
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
+    raise AssertionError(f"{what}: not reached within {timeout:.0f}s")

@@ -2,8 +2,9 @@
 
 Per run: a fresh private data directory (ident = job id, checked to stay inside the jobs directory), the
 variables in 0600 vars files passed as `-e @file` (never as values on the command line), written as data that
-Ansible never templates (agentkube.core.untrusted_yaml), `suppress_env_files`, `extra_env` handed to the child
-through a file that the exec wrapper deletes (never recorded in `artifacts/<ident>/command`), secrets scrubbed from
+Ansible never templates (agentkube.core.untrusted_yaml), `suppress_env_files`, every run started through
+agentkube.adapters.run_guard (the run dies with the agent; `extra_env` reaches the child through a file the guard
+deletes, never recorded in `artifacts/<ident>/command`), secrets scrubbed from
 events before they are written (the result's secrets learnt first) and from every artifact afterwards, a job
 timeout, an idle timeout and cancellation, events streamed to JSON logs through a non-blocking queue, and the
 result read from `set_stats`.
@@ -20,6 +21,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 import ansible_runner
 import ansible_runner.interface
 
+from agentkube.adapters.run_guard import stop_run
 from agentkube.core.redaction import Redactor, secret_values_in
 from agentkube.core.untrusted_yaml import dump_untrusted
 
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 event_log = logging.getLogger("agentkube.events")
 
 RESULT_KEY = "agentkube_result"
+GUARD_PID_FILE = "run-guard.json"
+STOP_GRACE_S = 15.0  # a canceled run's SIGTERM-to-SIGKILL grace
 IDENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a job id (UUID) or the agent's own run names
 VARS_HEADER = "Written by the agentkube job runner; every value is data (never templated)."
 
@@ -51,6 +56,8 @@ class PlaybookRun:
     inventory: str | None = None
     timeout_s: int = 3600
     idle_timeout_s: int = 900
+    # called once the run's guard process is up, with its pid (= the run's process group) and kernel start time
+    on_started: Callable[[int, int | None], None] | None = None
 
 
 @dataclass
@@ -85,6 +92,8 @@ class JobRunner:
         self.keep_artifacts = keep_artifacts
         self.extra_env = dict(extra_env or {})
         self.redactor.add(*self.extra_env.values())
+        self._active: set[str] = set()   # folders of the runs in progress (never rotated away)
+        self._active_lock = threading.Lock()
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=event_queue_size)
         self.events_dropped = 0
         self._logger = threading.Thread(target=self._drain_events, name="runner-events", daemon=True)
@@ -138,6 +147,10 @@ class JobRunner:
 
         def on_event(event: dict[str, Any]) -> bool:
             state.last_event = time.monotonic()
+            if state.guard is None and (guard := _read_guard(pid_file)) is not None:
+                state.guard = guard
+                if run.on_started is not None:
+                    run.on_started(*guard)
             # the raw event first: the set_stats result must reach Fulcrum whole (a kubeconfig the agent already
             # knows as a secret too); failure texts from it are scrubbed when the message is built
             state.observe(event)
@@ -165,12 +178,17 @@ class JobRunner:
             kwargs["inventory"] = run.inventory
         self._enqueue({"job": ident, "event": "run_start", "playbook": run.playbook})
         env_file = pdir / "exec-env.json"
+        pid_file = pdir / GUARD_PID_FILE
         try:
             r = ansible_runner.interface.init_runner(**kwargs)
-            if self.extra_env:  # through a file the wrapper deletes: never in artifacts/<ident>/command
+            guard = [sys.executable, "-m", "agentkube.adapters.run_guard", "--parent", str(os.getpid()),
+                     "--pid-file", str(pid_file)]
+            if self.extra_env:  # through a file the guard deletes: never in artifacts/<ident>/command
                 _write_private(env_file, json.dumps(self.extra_env))
-                r.config.command = [sys.executable, "-m", "agentkube.adapters.env_exec", str(env_file), "--",
-                                    *r.config.command]
+                guard += ["--env-file", str(env_file)]
+            r.config.command = [*guard, "--", *r.config.command]
+            with self._active_lock:
+                self._active.add(pdir.name)
             r.run()
             status, rc = r.status, r.rc
         except Exception as e:  # the runner itself blew up: report it, never lose the job
@@ -178,7 +196,9 @@ class JobRunner:
             status, rc = "error", None
             state.runner_error = f"{type(e).__name__}: {self.redactor.scrub_text(str(e))}"
         finally:
-            for f in (*pdir.glob("*-vars.yml"), env_file):
+            with self._active_lock:
+                self._active.discard(pdir.name)
+            for f in (*pdir.glob("*-vars.yml"), env_file, pid_file):
                 f.unlink(missing_ok=True)
             _drop_recorded_env(pdir)
             self._scrub_artifacts(pdir)
@@ -210,7 +230,11 @@ class JobRunner:
                 path.write_text(clean, encoding="utf-8")
 
     def _rotate(self) -> None:
-        dirs = sorted((d for d in self.jobs_dir.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+        """Keep the newest keep_artifacts job folders; a running job's folder is never removed."""
+        with self._active_lock:
+            active = set(self._active)
+        dirs = sorted((d for d in self.jobs_dir.iterdir() if d.is_dir() and d.name not in active),
+                      key=lambda d: d.stat().st_mtime)
         for d in dirs[: max(0, len(dirs) - self.keep_artifacts)]:
             shutil.rmtree(d, ignore_errors=True)
 
@@ -229,6 +253,7 @@ class _RunState:
         self.failures: list[tuple[str, str, str]] = []  # (task, host, message)
         self.last_task = ""
         self.runner_error = ""
+        self.guard: tuple[int, int | None] | None = None  # the run guard's pid and start time
 
     def should_cancel(self) -> bool:
         now = time.monotonic()
@@ -238,6 +263,10 @@ class _RunState:
             self.cancel_reason = "timeout"
         elif now - self.last_event > self.idle_s:
             self.cancel_reason = "idle"
+        if self.cancel_reason and self.guard is not None:
+            # ansible-runner's own kill (SIGKILL to the guard's process group) would leave Ansible's workers, which
+            # lead groups of their own, running: the guard ends the whole run first
+            stop_run(*self.guard, timeout_s=STOP_GRACE_S)
         return bool(self.cancel_reason)
 
     def observe(self, event: dict[str, Any]) -> None:
@@ -280,6 +309,15 @@ def _stats_data(event: dict[str, Any]) -> Any:
     data = event.get("event_data") or {}
     res = data.get("res") if isinstance(data.get("res"), dict) else {}
     return [(res.get("ansible_stats") or {}).get("data"), (data.get("artifact_data") or {}).get(RESULT_KEY)]
+
+
+def _read_guard(pid_file: Path) -> tuple[int, int | None] | None:
+    """The run guard's pid and start time, once it has written them."""
+    try:
+        info = json.loads(pid_file.read_text(encoding="utf-8"))
+        return int(info["pid"]), info.get("start_ticks")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def write_vars_file(path: Path, variables: dict[str, Any]) -> Path:
