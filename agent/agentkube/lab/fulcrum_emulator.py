@@ -10,18 +10,30 @@ helpers, fault injection and a request log.
 The rules live in fulcrum_state (data), fulcrum_lifecycle (state machine) and fulcrum_properties
 (property schema); the wire in fulcrum_http; faults in fulcrum_faults.
 
-Fidelity notes (Core's Go handlers, fulcrumproject/core, as read for this emulator):
-- failing a job whose action has no matching error transition from the service's state answers 400 and
-  leaves the job Processing (Core rolls the transaction back);
+Fidelity (fulcrumproject/core at 499230a, each rule cites its Core file where it is implemented):
+- status codes as Core's middleware gives them: 401 without a Bearer header, 403 for an unknown or expired
+  token, 400 for a path id that is not a UUID, 403 for an unknown or foreign job or service id
+  (AuthzFromID turns the loader's error into Forbidden), 400 for an empty or undecodable body on routes
+  that decode one; NaN/Infinity in a body are refused as Go's encoding/json does; pageSize above 100 is 400;
+- claim is Core's get/claim/save without a lock: `claim_race=True` (or set_claim_race) widens the window so
+  concurrent claimers of one job all get 204;
+- failing a job with no matching error transition answers 204: the job is Failed, the service unchanged;
+- the property engine is Core's (fulcrum_properties): unknown properties dropped, authorizers per actor,
+  defaults inside nested objects and array items, schemas checked when a service or agent type is created;
+- new agents start Disconnected; agents may list (GET /jobs, filtered, paged) and read their own jobs;
+- job and agent maintenance run on Core's schedule in the emulator's clock (job maintenance every 24 h by
+  default, as JOB_MAINTENANCE_INTERVAL; agent maintenance every AGENT_HEALTH_TIMEOUT), both off by default;
 - an `update` job's completion sets the service properties to the job params, after the agent's own
-  property updates (so those are lost on update, as in Core);
-- the job timeout fails the job only; the service keeps its state;
-- jobs without params carry no `params` key (Go's omitempty), never `"params": null`;
-- only agent tokens are issued (default lifetime 24 h, like Core); serviceOption validators and pool
-  generators are accepted unchecked; agent configuration is not validated against its schema."""
+  property updates (so those are lost on update, as in Core); the job timeout fails the job only;
+- jobs without params carry no `params` key and services without agentInstanceId no such key (omitempty);
+- an agentInstanceId another service holds breaks Core's unique index: 500, nothing applied;
+- only agent tokens are issued (default lifetime 24 h, like Core); serviceOption/serviceReference validators
+  and pool generators have their configuration checked but accept every value and generate nothing; agent
+  configuration is not validated against its schema."""
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import ssl
 import threading
@@ -32,9 +44,12 @@ from typing import Any
 from agentkube.lab.certs import ServerCert
 from agentkube.lab.fulcrum_faults import Fault, FaultInjector
 from agentkube.lab.fulcrum_http import BASE_PATH, FulcrumHTTPServer, RequestRecord
-from agentkube.lab.fulcrum_state import FulcrumState
+from agentkube.lab.fulcrum_state import CORE_JOB_MAINTENANCE_INTERVAL, CORE_JOB_RETENTION, FulcrumState
 
-__all__ = ["FulcrumEmulator", "RequestRecord"]
+__all__ = ["DEFAULT_CONFIGURATION_SCHEMA", "FulcrumEmulator", "RequestRecord"]
+
+# what create_agent_type registers when it is given no configurationSchema (Core wants at least one property)
+DEFAULT_CONFIGURATION_SCHEMA = {"properties": {"note": {"type": "string", "label": "Note"}}}
 
 
 class FulcrumEmulator:
@@ -47,10 +62,22 @@ class FulcrumEmulator:
         job_timeout: float | None = None,
         agent_health_timeout: float | None = None,
         clock: Callable[[], float] | None = None,
+        *,
+        job_maintenance_interval: float = CORE_JOB_MAINTENANCE_INTERVAL,
+        agent_maintenance_interval: float | None = None,
+        job_retention: float = CORE_JOB_RETENTION,
+        claim_race: bool = False,
+        claim_race_window: float = 0.05,
+        maintenance_poll: float = 0.2,
     ):
-        """`job_timeout` (seconds from creation) fails Pending/Processing jobs like Core's job
-        maintenance; `agent_health_timeout` marks silent Connected agents Disconnected. Both off by
-        default. `clock` (epoch seconds) lets tests move time without sleeping."""
+        """`job_timeout` (seconds from creation) turns Core's job maintenance on: every
+        `job_maintenance_interval` (Core's default 24 h) it fails Pending/Processing jobs older than the
+        timeout and deletes Completed/Failed jobs completed more than `job_retention` ago.
+        `agent_health_timeout` turns the agent maintenance on: every `agent_maintenance_interval` (default:
+        the health timeout, as Core schedules it) silent Connected agents become Disconnected. Both off by
+        default. The schedule follows `clock` (epoch seconds; tests move time without sleeping); the
+        emulator checks it before every call and every `maintenance_poll` seconds of real time.
+        `claim_race` opens Core's window between a claim's read and its save (`claim_race_window` s)."""
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"host must be a loopback address, got {host!r}")
         if not admin_token:
@@ -58,15 +85,28 @@ class FulcrumEmulator:
         self.host = host
         self._port = port
         self.cert = cert
+        for name, value in (("job_maintenance_interval", job_maintenance_interval),
+                            ("agent_maintenance_interval", agent_maintenance_interval),
+                            ("maintenance_poll", maintenance_poll)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0")
         self.state = FulcrumState(
             admin_token=admin_token,
             clock=clock or time.time,
             job_timeout=job_timeout,
             agent_health_timeout=agent_health_timeout,
+            job_maintenance_interval=job_maintenance_interval,
+            agent_maintenance_interval=agent_maintenance_interval,
+            job_retention=job_retention,
+            claim_race=claim_race,
+            claim_race_window=claim_race_window,
         )
         self.faults = FaultInjector()
         self._server: FulcrumHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._maintenance_poll = maintenance_poll
+        self._scheduler: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._request_log: list[RequestRecord] = []
 
     # ------------------------------------------------------------ server
@@ -89,12 +129,26 @@ class FulcrumEmulator:
             daemon=True,
         )
         self._thread.start()
+        self._stopping.clear()
+        self.state.restart_schedule()  # Core's scheduler starts with the server
+        self._scheduler = threading.Thread(
+            target=self._maintenance_loop, name=f"fulcrum-maintenance-{self._port}", daemon=True
+        )
+        self._scheduler.start()
         return self
+
+    def _maintenance_loop(self) -> None:
+        while not self._stopping.wait(self._maintenance_poll):
+            self.state.tick()
 
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
+        self._stopping.set()
+        if self._scheduler is not None:
+            self._scheduler.join(timeout=5)
+            self._scheduler = None
         server.shutdown()
         server.close_connections()
         server.server_close()
@@ -138,11 +192,13 @@ class FulcrumEmulator:
     def create_agent_type(
         self, name: str, service_type_ids: list[str], configuration_schema: dict | None = None
     ) -> dict:
+        """Core refuses a configurationSchema without properties (pkg/schema/engine.go ValidateSchema): without
+        one, this helper registers DEFAULT_CONFIGURATION_SCHEMA, a single optional string property."""
         return self.state.create_agent_type(
             {
                 "name": name,
                 "serviceTypeIds": list(service_type_ids),
-                "configurationSchema": configuration_schema or {"properties": {}},
+                "configurationSchema": configuration_schema or copy.deepcopy(DEFAULT_CONFIGURATION_SCHEMA),
             }
         )
 
@@ -204,6 +260,20 @@ class FulcrumEmulator:
     def get_job(self, job_id: str) -> dict:
         return self.state.get_job(job_id)
 
+    def delete_job(self, job_id: str) -> None:
+        """Remove a job (as Core's retention or an operator in the database would); an agent's later calls
+        on it answer 403."""
+        self.state.delete_job(job_id)
+
+    def set_claim_race(self, enabled: bool, window: float | None = None) -> None:
+        """Core's non-atomic claim (pkg/domain/job.go: get, claim, save): when on, `window` seconds (default
+        0.05) separate the read from the save, so concurrent claimers of one Pending job all get 204."""
+        self.state.set_claim_race(enabled, window)
+
+    @property
+    def claim_race(self) -> bool:
+        return self.state.claim_race
+
     def get_service(self, service_id: str) -> dict:
         return self.state.get_service(service_id)
 
@@ -235,8 +305,19 @@ class FulcrumEmulator:
         return self._request_log
 
     def run_maintenance(self) -> None:
-        """Apply job timeout / agent health now (it also runs before every agent call)."""
+        """Run the enabled maintenance tasks (job timeout and retention, agent health) now, whatever the
+        schedule. On their own they run on Core's schedule (see __init__)."""
         self.state.run_maintenance()
+
+    def tick(self) -> None:
+        """Run the maintenance tasks due by the clock now (the emulator also does before every call)."""
+        self.state.tick()
+
+    @property
+    def maintenance_runs(self) -> list[tuple[str, float]]:
+        """("job" | "agent", clock time) of every maintenance run, in order."""
+        with self.state.lock:
+            return list(self.state.maintenance_runs)
 
     # ------------------------------------------------------------ faults
     def inject(
@@ -248,9 +329,20 @@ class FulcrumEmulator:
         times: int | None = 1,
         method: str | None = None,
         include_admin: bool = False,
+        drop_after: bool = False,
     ) -> Fault:
+        """A fault on calls whose path matches `path_regex`: an error `status`, a `delay`, `drop` (the connection
+        closes, the call is not handled) or `drop_after` (the call is handled, then the connection closes
+        without an answer: a claim or report that took effect although the client saw a connection error)."""
         return self.faults.inject(
-            path_regex, status=status, delay=delay, drop=drop, times=times, method=method, include_admin=include_admin
+            path_regex,
+            status=status,
+            delay=delay,
+            drop=drop,
+            times=times,
+            method=method,
+            include_admin=include_admin,
+            drop_after=drop_after,
         )
 
     def set_down(self, down: bool) -> None:

@@ -1,6 +1,9 @@
 """Fault injection for the Fulcrum emulator: error answers, latency and dropped connections on calls
 whose path matches a regular expression, for a bounded number of times, plus a switch that takes the
-whole emulator "down" for agents (every agent call is dropped)."""
+whole emulator "down" for agents (every agent call is dropped).
+
+`drop` drops the connection instead of handling the call; `drop_after` handles the call (a claim or a
+report takes effect) and then drops the connection without answering: the answer is lost on the way."""
 
 from __future__ import annotations
 
@@ -14,11 +17,12 @@ class Fault:
     pattern: re.Pattern[str]
     status: int | None = None  # answer this status (an ErrorRes body) instead of handling the call
     delay: float = 0.0  # seconds to wait before answering (or before the fault's status/drop)
-    drop: bool = False  # close the connection without answering
+    drop: bool = False  # close the connection without answering (the call is not handled)
     times: int | None = 1  # how many matching calls it affects; None = until cleared
     method: str | None = None  # only calls with this HTTP method
     include_admin: bool = False  # also affect calls made with the admin token
     hits: int = 0
+    drop_after: bool = False  # handle the call, then close the connection without answering
 
     @property
     def exhausted(self) -> bool:
@@ -40,10 +44,13 @@ class FaultInjector:
         times: int | None = 1,
         method: str | None = None,
         include_admin: bool = False,
+        drop_after: bool = False,
     ) -> Fault:
         """Add a fault for calls whose path (with the /api/v1 prefix and query) matches `path_regex`
-        (re.search). Without status, delay or drop it defaults to a 503 answer."""
-        if status is None and not drop and not delay:
+        (re.search). Without status, delay, drop or drop_after it defaults to a 503 answer."""
+        if drop_after and (status is not None or drop):
+            raise ValueError("drop_after handles the call: it excludes status and drop")
+        if status is None and not drop and not delay and not drop_after:
             status = 503
         if status is not None and not 400 <= status <= 599:
             raise ValueError(f"status must be an HTTP error status (400-599), got {status}")
@@ -52,7 +59,14 @@ class FaultInjector:
         if times is not None and times < 1:
             raise ValueError("times must be >= 1 or None")
         fault = Fault(
-            re.compile(path_regex), status, delay, drop, times, method.upper() if method else None, include_admin
+            re.compile(path_regex),
+            status,
+            delay,
+            drop,
+            times,
+            method.upper() if method else None,
+            include_admin,
+            drop_after=drop_after,
         )
         with self._lock:
             self._faults.append(fault)

@@ -2,8 +2,10 @@
 service groups, services, jobs, metrics and the vault. No HTTP here: every method takes and returns
 plain values shaped like Core's JSON and raises ApiError with the status Core would answer.
 
-Thread-safe: one lock guards everything. Time comes from an injectable clock so tests can age jobs
-and heartbeats without sleeping."""
+Every rule names the fulcrumproject/core file it is transcribed from. Thread-safe: one lock guards
+everything (Core's claim race is emulated on purpose, see claim_job). Time comes from an injectable clock
+so tests can age jobs and heartbeats without sleeping; maintenance runs on Core's schedule in that clock
+(see tick)."""
 
 from __future__ import annotations
 
@@ -17,21 +19,37 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentkube.lab import fulcrum_lifecycle as lifecycle
 from agentkube.lab.fulcrum_properties import (
     ACTOR_AGENT,
+    ACTOR_USER,
+    ENGINE_AGENT_CONFIG,
+    ENGINE_SERVICE,
     PropertyValidationError,
+    SchemaError,
+    apply_create,
+    apply_update,
+    check_decodable,
+    ephemeral_refs,
+    go_type,
     secret_refs,
-    validate_create,
-    validate_update,
+    validate_schema,
 )
 
 AGENT_STATUSES = ("New", "Connected", "Disconnected", "Error", "Disabled")
-TIMEOUT_MESSAGE = "Job marked as failed due to exceeding maximum processing time"
+JOB_STATUSES = ("Pending", "Processing", "Completed", "Failed")
+TIMEOUT_MESSAGE = "Job marked as failed due to exceeding maximum processing time"  # pkg/domain/service.go
 DEFAULT_TOKEN_TTL = 24 * 3600.0  # Core's default token lifetime
+# pkg/config/config.go defaults: JOB_MAINTENANCE_INTERVAL 24h, JOB_RETENTION_INTERVAL 30 days,
+# JOB_TIMEOUT_INTERVAL 5 min, AGENT_HEALTH_TIMEOUT 30 s (the agent maintenance runs every health timeout)
+CORE_JOB_MAINTENANCE_INTERVAL = 24 * 3600.0
+CORE_JOB_RETENTION = 30 * 24 * 3600.0
+CORE_JOB_TIMEOUT = 300.0
+CORE_AGENT_HEALTH_TIMEOUT = 30.0
+NOT_FOUND = "resource not found: record not found"  # domain.NotFoundError around gorm.ErrRecordNotFound
 
 
 class ApiError(Exception):
@@ -44,14 +62,35 @@ class ApiError(Exception):
         self.errors = errors
 
     def body(self) -> dict:
-        if self.errors:
+        # pkg/api/response_error.go: ErrValidation (a schema.ValidationError returned as is), ErrRes otherwise;
+        # ErrNotFound carries no error text
+        if self.errors is not None:
             return {
                 "status": "Validation failed",
                 "valid": False,
-                "errors": [{"path": p, "message": f"{p}: {m}"} for p, m in self.errors],
+                "errors": [{"path": p, "message": m} for p, m in self.errors],
             }
-        reasons = {400: "Invalid request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict"}
+        reasons = {
+            400: "Invalid request",
+            401: "Unauthorized",
+            403: "Forbidden",
+            404: "Resource not found",
+            409: "Conflict",
+            500: "Internal server error",
+        }
+        if self.status == 404:
+            return {"status": reasons[404]}
         return {"status": reasons.get(self.status, "Error"), "error": self.message}
+
+
+def _invalid(message: str) -> ApiError:
+    """domain.InvalidInputError -> 400 "invalid input: ..." (pkg/domain/errors.go, pkg/api/response_error.go)."""
+    return ApiError(400, f"invalid input: {message}")
+
+
+def _validation(exc: PropertyValidationError) -> ApiError:
+    """A schema.ValidationError returned unwrapped -> 400 Validation failed with the details."""
+    return ApiError(400, exc.text(), exc.errors)
 
 
 @dataclass(frozen=True)
@@ -81,7 +120,8 @@ class _Agent:
     configuration: dict | None
     created_at: float
     updated_at: float
-    status: str = "New"
+    # pkg/domain/agent.go NewAgent: a new agent is Disconnected, its LastStatusUpdate is its creation time
+    status: str = "Disconnected"
     last_status_at: float | None = None
 
 
@@ -140,11 +180,47 @@ def _require_str(body: dict, name: str) -> str:
     return value
 
 
-def _optional_obj(body: dict, name: str) -> dict | None:
+def _optional_obj(body: dict, name: str, struct: str = "") -> dict | None:
+    """A *properties.JSON field: an object or null; anything else fails encoding/json's decode."""
     value = body.get(name)
     if value is not None and not isinstance(value, dict):
-        raise ApiError(400, f"field '{name}' must be an object")
+        raise ApiError(
+            400,
+            f"json: cannot unmarshal {_json_kind(value)} into Go struct field {struct}{name} "
+            "of type map[string]interface {}",
+        )
     return value
+
+
+def _optional_str(body: dict, name: str, struct: str = "") -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(
+            400, f"json: cannot unmarshal {_json_kind(value)} into Go struct field {struct}{name} of type string"
+        )
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    """How encoding/json names a JSON value in an UnmarshalTypeError."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def parse_uuid(value: Any) -> str:
+    """properties.ParseUUID (google/uuid Parse) for a path id: 400 when it is not a UUID
+    (pkg/middlewares/request.go ID)."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise ApiError(400, f"invalid UUID format: {value}") from None
 
 
 def _parse_uuid(value: Any, name: str) -> str:
@@ -155,6 +231,7 @@ def _parse_uuid(value: Any, name: str) -> str:
 
 
 def page_of(items: list, page: int, page_size: int) -> dict:
+    """domain.NewPaginatedResult (pkg/domain/pagination.go)."""
     page = max(page, 1)
     page_size = max(page_size, 1)
     total = len(items)
@@ -170,12 +247,33 @@ def page_of(items: list, page: int, page_size: int) -> dict:
     }
 
 
+def _sorted(items: list, fields: dict[str, Callable[[Any], Any]], sort: str | None) -> list:
+    """MapSortApplier (pkg/database/gorm_pagination.go): `sort=[+|-]field`; an unknown field is an
+    undecorated error, so 500."""
+    if not sort:
+        return items
+    ascending = not sort.startswith("-")
+    name = sort[1:] if sort[0] in "+-" else sort
+    if name not in fields:
+        raise ApiError(500, "cannot sort by field ")
+    key = fields[name]
+    present = [i for i in items if key(i) is not None]
+    absent = [i for i in items if key(i) is None]  # NULLs sort last ascending and first descending (Postgres)
+    present.sort(key=key, reverse=not ascending)
+    return present + absent if ascending else absent + present
+
+
 @dataclass
 class FulcrumState:
     admin_token: str
     clock: Callable[[], float] = time.time
     job_timeout: float | None = None  # seconds from job creation; None = Core's job maintenance off
     agent_health_timeout: float | None = None  # seconds; None = Core's agent maintenance off
+    job_maintenance_interval: float = CORE_JOB_MAINTENANCE_INTERVAL
+    agent_maintenance_interval: float | None = None  # None: every agent_health_timeout, as Core schedules it
+    job_retention: float = CORE_JOB_RETENTION
+    claim_race: bool = False
+    claim_race_window: float = 0.05
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
@@ -192,12 +290,16 @@ class FulcrumState:
         self.vault: dict[str, tuple[Any, str]] = {}  # ref -> (value, "persistent"|"ephemeral")
         self.status_history: list[tuple[float, str]] = []
         self.status_history_by_agent: dict[str, list[tuple[float, str]]] = {}
+        self.maintenance_runs: list[tuple[str, float]] = []  # ("job"|"agent", clock time of the run)
         self._seq = 0
+        self._next_due: dict[str, float] = {}
+        self.restart_schedule()
 
     # ------------------------------------------------------------------ auth
     def authenticate(self, authorization: str | None) -> Identity:
+        # pkg/middlewares/auth.go Auth: no "Bearer " header -> 401; the authenticator's error -> 403
         if not authorization or not authorization.startswith("Bearer ") or not authorization[7:].strip():
-            raise ApiError(401, "authentication required")
+            raise ApiError(401, "invalid token format, expected 'Bearer <token>'")
         token = authorization[7:].strip()
         if hmac.compare_digest(token.encode(), self.admin_token.encode()):
             return Identity("admin")
@@ -210,23 +312,85 @@ class FulcrumState:
             raise ApiError(403, "token role not supported by the emulator")
 
     # ----------------------------------------------------------- maintenance
-    def run_maintenance(self) -> None:
-        """Core's job and agent maintenance, when enabled: time out old jobs, disconnect silent agents."""
+    # pkg/app/worker.go: gocron DurationJob tasks, singleton mode. JobMaintenanceWorker runs every
+    # JobConfig.Maintenance (FailTimeoutServicesAndJobs, then DeleteOldCompletedJobs); UnhealthyAgentsWorker
+    # every AgentConfig.HealthTimeout (MarkInactiveAgentsAsDisconnected). Each runs only when enabled
+    # (JOB_MAINTENANCE / AGENT_MAINTENANCE; here: job_timeout / agent_health_timeout set). A DurationJob's
+    # first run is one interval after the scheduler starts.
+    def _intervals(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.job_timeout is not None:
+            out["job"] = self.job_maintenance_interval
+        if self.agent_health_timeout is not None:
+            out["agent"] = self.agent_maintenance_interval or self.agent_health_timeout
+        return out
+
+    def restart_schedule(self) -> None:
+        """(Re)start the maintenance schedule now: each task first runs one interval from now."""
         with self.lock:
             now = self.clock()
+            self._next_due = {task: now + interval for task, interval in self._intervals().items()}
+
+    def tick(self) -> None:
+        """Run the maintenance tasks that are due by the clock. After a jump of the clock over several
+        intervals, a task runs once, at its last due time (every condition is monotonic in time, so that is
+        what the runs in between would have done)."""
+        with self.lock:
+            now = self.clock()
+            for task, interval in self._intervals().items():
+                due = self._next_due.setdefault(task, now + interval)
+                if now < due:
+                    continue
+                at = due + math.floor((now - due) / interval) * interval
+                self._next_due[task] = at + interval
+                if task == "job":
+                    self.run_job_maintenance(at)
+                else:
+                    self.run_agent_maintenance(at)
+
+    def run_job_maintenance(self, now: float | None = None) -> None:
+        """FailTimeoutServicesAndJobs (pkg/domain/service.go; GetTimeOutJobs, pkg/database/gorm_repo_job.go):
+        Pending/Processing jobs created before now - timeout fail with completedAt set; the service keeps
+        its state. Then DeleteOldCompletedJobs: Completed/Failed jobs whose completedAt is older than the
+        retention are deleted (a job failed by its agent has no completedAt and stays)."""
+        with self.lock:
+            now = self.clock() if now is None else now
+            self.maintenance_runs.append(("job", now))
+            timeout = self.job_timeout if self.job_timeout is not None else CORE_JOB_TIMEOUT
+            for job in self.jobs.values():
+                if job.status in ("Pending", "Processing") and job.created_at < now - timeout:
+                    job.status = "Failed"
+                    job.error_message = TIMEOUT_MESSAGE
+                    job.completed_at = now
+                    job.updated_at = now
+            for job in list(self.jobs.values()):
+                if (
+                    job.status in ("Completed", "Failed")
+                    and job.completed_at is not None
+                    and job.completed_at < now - self.job_retention
+                ):
+                    del self.jobs[job.id]
+
+    def run_agent_maintenance(self, now: float | None = None) -> None:
+        """MarkInactiveAgentsAsDisconnected (pkg/database/gorm_repo_agent.go): Connected agents whose last
+        status update is older than the health timeout become Disconnected."""
+        with self.lock:
+            now = self.clock() if now is None else now
+            self.maintenance_runs.append(("agent", now))
+            timeout = self.agent_health_timeout if self.agent_health_timeout is not None else CORE_AGENT_HEALTH_TIMEOUT
+            for agent in self.agents.values():
+                last = agent.last_status_at
+                if agent.status == "Connected" and (last is None or last < now - timeout):
+                    agent.status = "Disconnected"
+                    agent.updated_at = now
+
+    def run_maintenance(self) -> None:
+        """Both maintenance tasks that are enabled, now, whatever the schedule (for tests)."""
+        with self.lock:
             if self.job_timeout is not None:
-                for job in self.jobs.values():
-                    if job.status in ("Pending", "Processing") and now - job.created_at > self.job_timeout:
-                        job.status = "Failed"
-                        job.error_message = TIMEOUT_MESSAGE
-                        job.completed_at = now
-                        job.updated_at = now
+                self.run_job_maintenance()
             if self.agent_health_timeout is not None:
-                for agent in self.agents.values():
-                    last = agent.last_status_at
-                    if agent.status == "Connected" and last is not None and now - last > self.agent_health_timeout:
-                        agent.status = "Disconnected"
-                        agent.updated_at = now
+                self.run_agent_maintenance()
 
     # ----------------------------------------------------------- rendering
     def participant_res(self, pid: str) -> dict:
@@ -248,12 +412,12 @@ class FulcrumState:
         return res
 
     def service_res(self, svc: _Service) -> dict:
+        # pkg/api/handlers_service.go ServiceRes: agentInstanceId and agentInstanceData are omitempty
         res = {
             "id": svc.id,
             "name": svc.name,
             "status": svc.status,
             "properties": copy.deepcopy(svc.properties),
-            "agentInstanceId": svc.agent_instance_id,
             "providerId": svc.provider_id,
             "consumerId": svc.consumer_id,
             "agentId": svc.agent_id,
@@ -262,11 +426,15 @@ class FulcrumState:
             "createdAt": rfc3339(svc.created_at),
             "updatedAt": rfc3339(svc.updated_at),
         }
+        if svc.agent_instance_id is not None:
+            res["agentInstanceId"] = svc.agent_instance_id
         if svc.agent_instance_data is not None:
             res["agentInstanceData"] = copy.deepcopy(svc.agent_instance_data)
         return res
 
-    def job_res(self, job: _Job, with_service: bool = True) -> dict:
+    def job_res(self, job: _Job, with_service: bool = True, preloads: bool = False) -> dict:
+        """JobToRes (pkg/api/handlers_job.go). GET /jobs/pending preloads the service only; GET /jobs and
+        GET /jobs/{id} also the agent, provider and consumer (pkg/database/gorm_repo_job.go)."""
         res: dict[str, Any] = {
             "id": job.id,
             "providerId": job.provider_id,
@@ -289,6 +457,12 @@ class FulcrumState:
             res["completedAt"] = rfc3339(job.completed_at)
         if with_service and job.service_id in self.services:
             res["service"] = self.service_res(self.services[job.service_id])
+        if preloads:
+            if job.agent_id in self.agents:
+                res["agent"] = self.agent_res(self.agents[job.agent_id])
+            for key, pid in (("provider", job.provider_id), ("consumer", job.consumer_id)):
+                if pid in self.participants:
+                    res[key] = self.participant_res(pid)
         return res
 
     # ------------------------------------------------------------ admin side
@@ -310,32 +484,64 @@ class FulcrumState:
             return self.participant_res(pid)
 
     def create_service_type(self, body: dict) -> dict:
-        name = _require_str(body, "name")
+        """serviceTypeCommander.Create (pkg/domain/service_type.go): the propertySchema through the service
+        property engine's ValidateSchema, then the name and the lifecycle (LifecycleSchema.Validate). A
+        duplicate name breaks the unique index: an undecorated database error, so 500."""
         try:
-            lifecycle.validate_schema(body.get("lifecycleSchema"))
-        except lifecycle.LifecycleError as exc:
+            check_decodable(body.get("propertySchema"), "CreateServiceTypeReq.propertySchema")
+        except SchemaError as exc:
             raise ApiError(400, str(exc)) from None
-        prop_schema = _optional_obj(body, "propertySchema")
+        lifecycle_schema = body.get("lifecycleSchema")
+        if lifecycle_schema is not None and not isinstance(lifecycle_schema, dict):
+            raise ApiError(400, "json: cannot unmarshal into Go struct field CreateServiceTypeReq.lifecycleSchema")
+        name = body.get("name") if isinstance(body.get("name"), str) else ""
+        prop_schema = body.get("propertySchema") or {}
+        try:
+            validate_schema(prop_schema, ENGINE_SERVICE)
+        except SchemaError as exc:
+            raise _invalid(f"invalid property schema: {exc}") from None
+        if not name:
+            raise _invalid("service type name cannot be empty")
+        try:
+            lifecycle.validate_schema(lifecycle_schema or {})
+        except lifecycle.LifecycleError as exc:
+            raise _invalid(f"lifecycle schema validation failed: {exc}") from None
         with self.lock:
             if any(st["name"] == name for st in self.service_types.values()):
-                raise ApiError(409, f"service type {name!r} already exists")
+                raise ApiError(
+                    500,
+                    'ERROR: duplicate key value violates unique constraint "idx_service_types_name" (SQLSTATE 23505)',
+                )
             now = rfc3339(self.clock())
             sid = _new_id()
             self.service_types[sid] = {
                 "id": sid,
                 "name": name,
-                "propertySchema": prop_schema or {"properties": {}},
-                "lifecycleSchema": body["lifecycleSchema"],
+                "propertySchema": copy.deepcopy(prop_schema),
+                "lifecycleSchema": copy.deepcopy(lifecycle_schema),
                 "createdAt": now,
                 "updatedAt": now,
             }
-            return dict(self.service_types[sid])
+            return copy.deepcopy(self.service_types[sid])
 
     def create_agent_type(self, body: dict) -> dict:
-        name = _require_str(body, "name")
+        """agentTypeCommander.Create (pkg/domain/agent_type.go ValidateWithEngine): the name, then the
+        configurationSchema through the agent configuration engine's ValidateSchema (at least one property)."""
         st_ids = body.get("serviceTypeIds") or []
         if not isinstance(st_ids, list):
             raise ApiError(400, "field 'serviceTypeIds' must be a list")
+        try:
+            check_decodable(body.get("configurationSchema"), "CreateAgentTypeReq.configurationSchema")
+        except SchemaError as exc:
+            raise ApiError(400, str(exc)) from None
+        name = body.get("name") if isinstance(body.get("name"), str) else ""
+        if not name:
+            raise _invalid("agent type name cannot be empty")
+        config_schema = body.get("configurationSchema") or {}
+        try:
+            validate_schema(config_schema, ENGINE_AGENT_CONFIG)
+        except SchemaError as exc:
+            raise _invalid(f"configurationSchema: {exc}") from None
         with self.lock:
             st_ids = [_parse_uuid(s, "serviceTypeIds") for s in st_ids]
             for st in st_ids:
@@ -347,11 +553,11 @@ class FulcrumState:
                 "id": aid,
                 "name": name,
                 "serviceTypeIds": st_ids,
-                "configurationSchema": _optional_obj(body, "configurationSchema") or {"properties": {}},
+                "configurationSchema": copy.deepcopy(config_schema),
                 "createdAt": now,
                 "updatedAt": now,
             }
-            return dict(self.agent_types[aid])
+            return copy.deepcopy(self.agent_types[aid])
 
     def create_agent(self, body: dict) -> dict:
         name = _require_str(body, "name")
@@ -367,6 +573,7 @@ class FulcrumState:
                 raise ApiError(400, "field 'tags' must be a list of strings")
             now = self.clock()
             agent = _Agent(_new_id(), name, provider_id, type_id, tags, _optional_obj(body, "configuration"), now, now)
+            agent.last_status_at = now  # pkg/domain/agent.go NewAgent: LastStatusUpdate = now
             self.agents[agent.id] = agent
             return self.agent_res(agent)
 
@@ -432,39 +639,45 @@ class FulcrumState:
             return dict(self.metric_types[name])
 
     def _vault_put(self, value: Any, secret_type: str) -> str:
-        ref = secrets.token_hex(16)
+        ref = _new_id()  # pkg/schema/engine.go generateSecretReference: a UUID
         self.vault[ref] = (value, secret_type)
         return ref
+
+    def _vault_delete(self, ref: str) -> None:
+        self.vault.pop(ref, None)
 
     def put_secret(self, ref: str, value: Any, lifetime: str = "persistent") -> None:
         with self.lock:
             self.vault[ref] = (value, lifetime)
 
-    def create_service(self, body: dict) -> dict:
-        name = _require_str(body, "name")
+    def create_service(self, body: dict, identity: Identity | None = None) -> dict:
+        """CreateServiceWithAgent (pkg/domain/service.go), behind POST /services' scope extractor
+        (pkg/api/handlers_service.go: the group's auth scope; an unknown group -> 403)."""
+        name = body.get("name") if isinstance(body.get("name"), str) else ""
+        props = _optional_obj(body, "properties", "CreateServiceReq.") or {}
         with self.lock:
-            st_id = _parse_uuid(body.get("serviceTypeId"), "serviceTypeId")
             group_id = _parse_uuid(body.get("groupId"), "groupId")
-            agent_id = _parse_uuid(body.get("agentId"), "agentId")
-            st = self.service_types.get(st_id)
             group = self.groups.get(group_id)
-            agent = self.agents.get(agent_id)
-            if st is None:
-                raise ApiError(400, f"service type {st_id} does not exist")
             if group is None:
-                raise ApiError(400, f"service group {group_id} does not exist")
+                raise ApiError(403, f"cannot load resource: {NOT_FOUND}")
+            st_id = _parse_uuid(body.get("serviceTypeId"), "serviceTypeId")
+            agent_id = _parse_uuid(body.get("agentId"), "agentId")
+            agent = self.agents.get(agent_id)
             if agent is None:
-                raise ApiError(400, f"agent with ID {agent_id} does not exist")
+                raise _invalid(f"agent with ID {agent_id} does not exist")
+            st = self.service_types.get(st_id)
+            if st is None:
+                raise ApiError(404, NOT_FOUND)
             if st_id not in self.agent_types[agent.agent_type_id]["serviceTypeIds"]:
-                raise ApiError(
-                    400,
-                    f"agent type {self.agent_types[agent.agent_type_id]['name']} does not support service type {st_id}",
-                )
-            props = body.get("properties") or {}
+                type_name = self.agent_types[agent.agent_type_id]["name"]
+                raise _invalid(f"agent type {type_name} does not support service type {st_id}")
+            if not name:
+                raise _invalid("service name cannot be empty")
+            actor = ACTOR_AGENT if identity is not None and identity.role == "agent" else ACTOR_USER
             try:
-                validated = validate_create(st["propertySchema"], props, self._vault_put)
+                validated = apply_create(st["propertySchema"], props, self._vault_put, actor)
             except PropertyValidationError as exc:
-                raise ApiError(400, str(exc), exc.errors) from None
+                raise _validation(exc) from None
             now = self.clock()
             svc = _Service(
                 _new_id(),
@@ -480,7 +693,7 @@ class FulcrumState:
                 now,
             )
             self.services[svc.id] = svc
-            self._new_job(svc, "create", dict(validated))
+            self._new_job(svc, "create", copy.deepcopy(validated))
             return self.service_res(svc)
 
     def _new_job(self, svc: _Service, action: str, params: dict | None, priority: int = 1) -> _Job:
@@ -508,33 +721,45 @@ class FulcrumState:
         except ValueError:
             svc = None
         if svc is None:
-            raise ApiError(404, "resource not found")
+            raise ApiError(404, NOT_FOUND)
         return svc
 
-    def request_action(self, service_id: str, action: str, properties: dict | None = None, priority: int = 1) -> dict:
-        """A user's lifecycle action: checks like Core and queues a Pending job; returns the job."""
+    def authz_service(self, identity: Identity, service_id: str) -> _Service:
+        """AuthzFromID (pkg/middlewares/auth.go) on a service: the id must parse (400), the loader's error
+        (no such service) is Forbidden, and an agent may only reach its own services."""
+        sid = parse_uuid(service_id)
         with self.lock:
-            self.run_maintenance()
+            svc = self.services.get(sid)
+            if svc is None:
+                raise ApiError(403, f"cannot load resource: {NOT_FOUND}")
+            if identity.role == "agent" and svc.agent_id != identity.agent_id:
+                raise ApiError(403, "access denied: object context does not match identity")
+            return svc
+
+    def request_action(self, service_id: str, action: str, properties: dict | None = None, priority: int = 1) -> dict:
+        """A user's lifecycle action: DoServiceAction, or UpdateService for `update` with properties
+        (pkg/domain/service.go); queues a Pending job and returns it."""
+        with self.lock:
+            self.tick()
             svc = self._service(service_id)
             st = self.service_types[svc.service_type_id]
+            params: dict | None = None
+            if action == "update" and properties is not None:
+                # UpdateService: the properties through the engine first, then the lifecycle checks
+                try:
+                    params = apply_update(
+                        st["propertySchema"], svc.properties, properties, svc.status, self._vault_put, ACTOR_USER,
+                        self._vault_delete,
+                    )
+                except PropertyValidationError as exc:
+                    raise _validation(exc) from None
             try:
                 lifecycle.ensure_action_allowed(st["lifecycleSchema"], svc.status, action)
             except lifecycle.LifecycleError as exc:
-                raise ApiError(400, str(exc)) from None
+                raise _invalid(str(exc)) from None
             active = [j for j in self.jobs.values() if j.service_id == svc.id and j.status in ("Pending", "Processing")]
             if active:
-                raise ApiError(400, f"cannot update service {svc.id} while there is an active job {active[-1].id}")
-            params: dict | None = None
-            if action == "update":
-                try:
-                    changes = validate_update(
-                        st["propertySchema"], svc.properties, properties or {}, svc.status, self._vault_put
-                    )
-                except PropertyValidationError as exc:
-                    raise ApiError(400, str(exc), exc.errors) from None
-                params = {**svc.properties, **changes}
-            elif action == "create":
-                params = dict(svc.properties)
+                raise _invalid(f"cannot update service {svc.id} while there is an active job {active[-1].id}")
             job = self._new_job(svc, action, params, priority)
             return self.job_res(job)
 
@@ -546,41 +771,98 @@ class FulcrumState:
 
     def get_service(self, service_id: str, identity: Identity | None = None) -> dict:
         with self.lock:
-            self.run_maintenance()
-            svc = self._service(service_id)
-            if identity is not None and identity.role == "agent" and svc.agent_id != identity.agent_id:
-                raise ApiError(403, "service is not assigned to this agent")
+            self.tick()
+            svc = self._service(service_id) if identity is None else self.authz_service(identity, service_id)
             return self.service_res(svc)
 
     def get_job(self, job_id: str, identity: Identity | None = None) -> dict:
+        """GET /jobs/{id} (pkg/api/handlers_job.go: AuthzFromID, read) for an identity; without one, the
+        lab's own look-up (404 when there is no such job)."""
         with self.lock:
-            self.run_maintenance()
-            job = self._job(job_id)
-            if identity is not None and identity.role == "agent" and job.agent_id != identity.agent_id:
-                raise ApiError(403, "job is not assigned to this agent")
-            return self.job_res(job)
+            self.tick()
+            job = self._job(job_id) if identity is None else self.authz_job(identity, job_id)
+            return self.job_res(job, preloads=identity is not None)
 
     def get_agent(self, agent_id: str) -> dict:
         with self.lock:
-            self.run_maintenance()
+            self.tick()
             agent = self.agents.get(agent_id)
             if agent is None:
-                raise ApiError(404, "resource not found")
+                raise ApiError(404, NOT_FOUND)
             return self.agent_res(agent)
 
     def list_jobs(self) -> list[dict]:
         with self.lock:
-            self.run_maintenance()
+            self.tick()
             return [self.job_res(j) for j in sorted(self.jobs.values(), key=lambda j: j.seq)]
 
-    def list_services(self, identity: Identity) -> list[dict]:
+    def query_jobs(self, identity: Identity, filters: dict[str, list[str]], sort: str | None = None) -> list[dict]:
+        """GET /jobs (pkg/api/handlers_job.go List; pkg/database/gorm_repo_job.go): filters `action`,
+        `status`, `agentId`, `serviceId` (each value list is an IN), an agent sees only its own jobs
+        (providerConsumerAgentAuthzFilterApplier). An unknown filter or a value that does not parse is an
+        undecorated error in Core: 500."""
+        parsers: dict[str, Callable[[str], str]] = {
+            "action": lambda v: v,
+            "status": _parse_job_status,
+            "agentId": _parse_filter_uuid,
+            "serviceId": _parse_filter_uuid,
+        }
+        getters: dict[str, Callable[[_Job], str]] = {
+            "action": lambda j: j.action,
+            "status": lambda j: j.status,
+            "agentId": lambda j: j.agent_id,
+            "serviceId": lambda j: j.service_id,
+        }
+        wanted: dict[str, set[str]] = {}
+        for name, values in filters.items():
+            if name not in parsers:
+                raise ApiError(500, f"cannot filter by field {name}")
+            wanted[name] = {parsers[name](v) for v in values}
         with self.lock:
-            self.run_maintenance()
-            return [
-                self.service_res(s)
-                for s in self.services.values()
-                if identity.role == "admin" or s.agent_id == identity.agent_id
+            self.tick()
+            jobs = sorted(self.jobs.values(), key=lambda j: j.seq)
+            if identity.role == "agent":
+                jobs = [j for j in jobs if j.agent_id == identity.agent_id]
+            for name, values in wanted.items():
+                jobs = [j for j in jobs if getters[name](j) in values]
+            jobs = _sorted(
+                jobs,
+                {
+                    "priority": lambda j: j.priority,
+                    "createdAt": lambda j: j.created_at,
+                    "claimedAt": lambda j: j.claimed_at,
+                    "completedAt": lambda j: j.completed_at,
+                },
+                sort,
+            )
+            return [self.job_res(j, preloads=True) for j in jobs]
+
+    def list_services(
+        self, identity: Identity, filters: dict[str, list[str]] | None = None, sort: str | None = None
+    ) -> list[dict]:
+        """GET /services (pkg/database/gorm_repo_service.go): filters `name` (contains, case-insensitive, any
+        of the values) and `currentStatus` (IN); an agent sees only its own services; unknown filter -> 500."""
+        filters = filters or {}
+        for name in filters:
+            if name not in ("name", "currentStatus"):
+                raise ApiError(500, f"cannot filter by field {name}")
+        with self.lock:
+            self.tick()
+            services = [
+                s for s in self.services.values() if identity.role == "admin" or s.agent_id == identity.agent_id
             ]
+            if names := [v.strip().lower() for v in filters.get("name", []) if v.strip()]:
+                services = [s for s in services if any(n in s.name.lower() for n in names)]
+            if "currentStatus" in filters:
+                services = [s for s in services if s.status in filters["currentStatus"]]
+            services = _sorted(services, {"name": lambda s: s.name}, sort)
+            return [self.service_res(s) for s in services]
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove a job as Core's retention does (DeleteOldCompletedJobs) or an operator would in the
+        database: later calls on it answer 403 (AuthzFromID's loader fails)."""
+        with self.lock:
+            self.jobs.pop(self._job(job_id).id, None)
 
     # ------------------------------------------------------------ agent side
     def _agent(self, identity: Identity) -> _Agent:
@@ -590,13 +872,14 @@ class FulcrumState:
 
     def agent_me(self, identity: Identity) -> dict:
         with self.lock:
-            self.run_maintenance()
+            self.tick()
             return self.agent_res(self._agent(identity))
 
     def update_agent_status(self, identity: Identity, body: dict) -> dict:
-        status = body.get("status")
+        """UpdateStatusMe (pkg/api/handlers_agent.go, pkg/domain/agent.go UpdateStatus + Validate)."""
+        status = _optional_str(body, "status", "UpdateAgentStatusReq.") or ""
         if status not in AGENT_STATUSES:
-            raise ApiError(400, f"field 'status' must be one of {', '.join(AGENT_STATUSES)}")
+            raise _invalid(f"invalid status: invalid agent status: {status}")
         with self.lock:
             agent = self._agent(identity)
             now = self.clock()
@@ -608,10 +891,10 @@ class FulcrumState:
             return self.agent_res(agent)
 
     def pending_jobs(self, identity: Identity, limit: int) -> list[dict]:
-        """At most one Pending job per service group (highest priority, then oldest); groups with a job
-        in Processing are skipped; ordered by priority (higher first) then creation."""
+        """GetPendingJobsForAgent (pkg/database/gorm_repo_job.go): at most one Pending job per service group
+        (highest priority, then oldest); groups with a job in Processing are skipped."""
         with self.lock:
-            self.run_maintenance()
+            self.tick()
             agent = self._agent(identity)
             mine = [j for j in self.jobs.values() if j.agent_id == agent.id]
             busy = {self.services[j.service_id].group_id for j in mine if j.status == "Processing"}
@@ -629,100 +912,139 @@ class FulcrumState:
         except ValueError:
             job = None
         if job is None:
-            raise ApiError(404, "resource not found")
+            raise ApiError(404, NOT_FOUND)
         return job
 
-    def _agent_job(self, identity: Identity, job_id: str) -> _Job:
-        agent = self._agent(identity)
-        job = self._job(job_id)
-        if job.agent_id != agent.id:
-            raise ApiError(403, "job is not assigned to this agent")
-        return job
+    def authz_job(self, identity: Identity, job_id: str) -> _Job:
+        """AuthzFromID (pkg/middlewares/auth.go) with the job repository's AuthScope: the id must parse
+        (400, middlewares.ID); a job that does not exist makes the loader fail, and that is answered
+        403 Forbidden, not 404; a job of another agent does not match the identity's scope: 403 too."""
+        jid = parse_uuid(job_id)
+        with self.lock:
+            job = self.jobs.get(jid)
+            if job is None:
+                raise ApiError(403, f"cannot load resource: {NOT_FOUND}")
+            if identity.role == "agent" and job.agent_id != identity.agent_id:
+                raise ApiError(403, "access denied: object context does not match identity")
+            return job
+
+    def set_claim_race(self, enabled: bool, window: float | None = None) -> None:
+        with self.lock:
+            self.claim_race = bool(enabled)
+            if window is not None:
+                if window < 0:
+                    raise ValueError("window must be >= 0")
+                self.claim_race_window = window
 
     def claim_job(self, identity: Identity, job_id: str) -> None:
+        """jobCommander.Claim (pkg/domain/job.go): get the job, Claim() it in memory, Save() it, with no lock
+        and no transaction. With the claim race on, the get and the save are `claim_race_window` seconds
+        apart, so concurrent claimers of one Pending job all read it Pending and all answer 204; the last
+        save wins (Save writes every column of its stale copy)."""
         with self.lock:
-            self.run_maintenance()
-            job = self._agent_job(identity, job_id)
-            if job.status != "Pending":
-                raise ApiError(400, "cannot claim a job not in pending status")
-            now = self.clock()
-            job.status = "Processing"
-            job.claimed_at = now
-            job.updated_at = now
+            self.tick()
+            job = self.authz_job(identity, job_id)
+            snapshot = replace(job)  # JobRepo().Get
+            race, window = self.claim_race, self.claim_race_window
+            if not race:
+                self._claim_and_save(snapshot)
+                return
+        time.sleep(window)
+        with self.lock:
+            self._claim_and_save(snapshot)
+
+    def _claim_and_save(self, job: _Job) -> None:
+        if job.status != "Pending":
+            raise _invalid("cannot claim a job not in pending status")
+        now = self.clock()
+        job.status = "Processing"
+        job.claimed_at = now
+        job.updated_at = now
+        self.jobs[job.id] = job  # JobRepo().Save: the whole row
 
     def complete_job(self, identity: Identity, job_id: str, body: dict) -> None:
-        instance_id = body.get("agentInstanceId")
-        if instance_id is not None and not isinstance(instance_id, str):
-            raise ApiError(400, "field 'agentInstanceId' must be a string")
-        data = _optional_obj(body, "agentInstanceData")
-        updates = _optional_obj(body, "properties")
+        """jobCommander.Complete (pkg/domain/job.go), one transaction: the job must be Processing; the agent's
+        property updates go through the engine as the `agent` actor (an error is wrapped as invalid input,
+        so a plain 400, not "Validation failed"); HandleJobComplete (pkg/domain/service.go) moves the service,
+        replaces agentInstanceData, sets agentInstanceId and, for `update`, sets the properties to the job's
+        params; a terminal state clears agentInstanceId; saving a service whose agentInstanceId another holds
+        breaks the unique index service_agent_instance_id_uniq: an undecorated error, so 500, nothing applied."""
+        instance_id = _optional_str(body, "agentInstanceId", "CompleteJobReq.")
+        data = _optional_obj(body, "agentInstanceData", "CompleteJobReq.")
+        updates = _optional_obj(body, "properties", "CompleteJobReq.")
         with self.lock:
-            self.run_maintenance()
-            job = self._agent_job(identity, job_id)
-            if job.status != "Processing":
-                raise ApiError(400, "cannot complete a job not in processing status")
+            self.tick()
+            job = self.authz_job(identity, job_id)
             svc = self.services[job.service_id]
             st = self.service_types[svc.service_type_id]
             schema = st["lifecycleSchema"]
-            # Everything is checked before anything changes (Core does it in one transaction).
-            changes: dict = {}
+            if job.status != "Processing":
+                raise _invalid("cannot complete a job not in processing status")
+            properties = copy.deepcopy(svc.properties)
             if updates:
                 try:
-                    changes = validate_update(
-                        st["propertySchema"], svc.properties, updates, svc.status, self._vault_put, actor=ACTOR_AGENT
+                    validated = apply_update(
+                        st["propertySchema"], svc.properties, updates, svc.status, self._vault_put, ACTOR_AGENT,
+                        self._vault_delete,
                     )
                 except PropertyValidationError as exc:
-                    raise ApiError(400, str(exc), exc.errors) from None
+                    raise _invalid(str(exc)) from None
+                properties.update(validated)
             try:
                 new_status = lifecycle.next_state(schema, svc.status, job.action)
             except lifecycle.LifecycleError as exc:
-                raise ApiError(400, str(exc)) from None
-            if instance_id is not None:
-                clash = [s for s in self.services.values() if s.agent_instance_id == instance_id and s.id != svc.id]
+                raise _invalid(str(exc)) from None
+            new_instance_id = instance_id if instance_id is not None else svc.agent_instance_id
+            if lifecycle.is_terminal(schema, new_status):
+                new_instance_id = None
+            if new_instance_id is not None:
+                clash = [s for s in self.services.values() if s.agent_instance_id == new_instance_id and s.id != svc.id]
                 if clash:
-                    raise ApiError(409, f"agentInstanceId {instance_id!r} is already used by service {clash[0].id}")
+                    raise ApiError(
+                        500,
+                        'ERROR: duplicate key value violates unique constraint "service_agent_instance_id_uniq" '
+                        "(SQLSTATE 23505)",
+                    )
             now = self.clock()
             job.status, job.completed_at, job.updated_at = "Completed", now, now
-            svc.properties = {**svc.properties, **changes}
             svc.status = new_status
             if data is not None:
                 svc.agent_instance_data = data
-            if instance_id is not None:
-                svc.agent_instance_id = instance_id
-            if job.action == "update":
-                svc.properties = dict(job.params or {})
+            svc.agent_instance_id = new_instance_id
+            svc.properties = copy.deepcopy(job.params) if job.action == "update" else properties
             svc.updated_at = now
-            self._drop_secrets(svc, job, lifecycle.is_terminal(schema, new_status))
+            for ref in ephemeral_refs(st["propertySchema"], svc.properties):
+                self.vault.pop(ref, None)  # CleanupEphemeralSecrets
             if lifecycle.is_terminal(schema, new_status):
-                svc.agent_instance_id = None
-
-    def _drop_secrets(self, svc: _Service, job: _Job, terminal: bool) -> None:
-        """Ephemeral secrets end with the job that used them; all secrets end with the service."""
-        for ref in set(secret_refs(job.params)) | set(secret_refs(svc.properties)):
-            entry = self.vault.get(ref)
-            if entry is not None and (terminal or entry[1] == "ephemeral"):
-                del self.vault[ref]
+                for ref in secret_refs(svc.properties):
+                    self.vault.pop(ref, None)  # CleanupVaultSecrets: every secret ends with the service
 
     def fail_job(self, identity: Identity, job_id: str, body: dict) -> None:
-        message = body.get("errorMessage")
-        if not isinstance(message, str):
-            raise ApiError(400, "field 'errorMessage' is required and must be a string")
+        """jobCommander.Fail (pkg/domain/job.go): the job must be Processing and becomes Failed with the message
+        (no completedAt). The service follows the first error transition whose onErrorRegexp matches; with none
+        (ErrNoLifecycleTransition) the job is still Failed and the service keeps its state: 204 either way.
+        Ephemeral secrets of the service are dropped."""
+        message = _optional_str(body, "errorMessage", "FailJobReq.") or ""
         with self.lock:
-            self.run_maintenance()
-            job = self._agent_job(identity, job_id)
-            if job.status != "Processing":
-                raise ApiError(400, "cannot fail a job not in processing status")
+            self.tick()
+            job = self.authz_job(identity, job_id)
             svc = self.services[job.service_id]
-            schema = self.service_types[svc.service_type_id]["lifecycleSchema"]
+            st = self.service_types[svc.service_type_id]
+            if job.status != "Processing":
+                raise _invalid("cannot fail a job not in processing status")
             try:
-                new_status = lifecycle.next_state(schema, svc.status, job.action, message)
+                new_status: str | None = lifecycle.next_state(st["lifecycleSchema"], svc.status, job.action, message)
+            except lifecycle.NoTransition:
+                new_status = None
             except lifecycle.LifecycleError as exc:
-                # Core rolls the whole failure back: the job stays Processing.
-                raise ApiError(400, str(exc)) from None
+                raise _invalid(str(exc)) from None
             now = self.clock()
             job.status, job.error_message, job.updated_at = "Failed", message, now
-            svc.status = new_status
-            svc.updated_at = now
+            if new_status is not None:
+                svc.status = new_status
+                svc.updated_at = now
+            for ref in ephemeral_refs(st["propertySchema"], svc.properties):
+                self.vault.pop(ref, None)
 
     def create_metric_entry(self, identity: Identity, body: dict) -> dict:
         resource_id = _require_str(body, "resourceId")
@@ -773,3 +1095,20 @@ class FulcrumState:
             if ref not in self.vault:
                 raise ApiError(404, "secret not found")
             return {"value": self.vault[ref][0]}
+
+
+def _parse_job_status(value: str) -> str:
+    """domain.ParseJobStatus (pkg/domain/job.go); its error is undecorated in a list: 500."""
+    if value not in JOB_STATUSES:
+        raise ApiError(500, f"invalid job status: {value}")
+    return value
+
+
+def _parse_filter_uuid(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ApiError(500, f"invalid UUID format: {value}") from None
+
+
+__all__ = ["ApiError", "FulcrumState", "Identity", "go_type", "page_of", "parse_uuid"]
