@@ -4,6 +4,7 @@ dispatch per service group, recovery from the journal, and that no claimed job i
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -12,9 +13,16 @@ from typing import Any
 
 import pytest
 
-from agentkube.adapters.fulcrum_client import FulcrumError, FulcrumUnavailable, MalformedAnswer, TokenRejected
+from agentkube.adapters.fulcrum_client import (
+    FulcrumError,
+    FulcrumUnavailable,
+    JobForbidden,
+    MalformedAnswer,
+    TokenRejected,
+)
 from agentkube.adapters.job_runner import PlaybookOutcome, PlaybookRun
 from agentkube.adapters.journal import Journal
+from agentkube.adapters.run_guard import start_ticks
 from agentkube.agent.loop import Agent
 from agentkube.core.jobs import Job, JobResult
 from agentkube.core.redaction import MASK
@@ -55,6 +63,8 @@ class FakeClient:
         self.me_error: Exception | None = None
         self.poll_error: Exception | None = None
         self.report_errors: list[Exception] = []
+        self.processing: list[dict[str, Any]] = []  # what GET /jobs?status=Processing answers
+        self.claim_errors: dict[str, Exception] = {}
 
     def get_me(self) -> dict[str, Any]:
         if self.me_error:
@@ -70,15 +80,27 @@ class FakeClient:
             raise self.poll_error
         return [Job.from_api(raw) for raw in (self.polls.pop(0) if self.polls else [])]
 
-    def claim(self, job_id: str) -> bool:
+    def claim(self, job_id: str, agent_id: str) -> bool:
         self.events.append(("claim", job_id))
+        if job_id in self.claim_errors:
+            raise self.claim_errors.pop(job_id)
         return job_id not in self.refuse
+
+    def processing_jobs(self, agent_id: str) -> list[Job]:
+        self.events.append(("processing", ""))
+        return [Job.from_api(raw) for raw in self.processing]
 
     def report(self, result: JobResult) -> None:
         self.events.append(("report", result.job_id))
-        if self.report_errors:
-            raise self.report_errors.pop(0)
+        errors = self.report_errors
+        if isinstance(errors, dict):  # per job: the next error for this job, if any
+            errors = errors.get(result.job_id) or []
+        if errors:
+            raise errors.pop(0)
         self.reports.append(result)
+
+    def backoff(self, attempt: int) -> float:
+        return 0.0
 
     def resolve_secret(self, ref: str) -> str:
         self.events.append(("secret", ref))
@@ -116,11 +138,19 @@ def make_agent(state_dir: Path, client: FakeClient, runner: FakeRunner, **agent:
         "fulcrum": {"url": "https://127.0.0.1:9/api/v1", "token": TOKEN},
         "agent": {"state_dir": str(state_dir), "poll_interval_s": 0.05, "heartbeat_interval_s": 3600,
                   "shutdown_grace_s": 5, **agent},
+        "health": {"port": 0},
     })
     a = Agent(settings, client=client)  # type: ignore[arg-type]
     a.runner.close()
     a.runner = runner  # type: ignore[assignment]
     return a
+
+
+def leading(agent: Agent) -> Agent:
+    """An agent set up as run() leaves it before its loop: connected as agent-1, the active instance."""
+    agent.agent_info = {"id": "agent-1"}
+    agent.leadership.start(lambda: None, lambda: None)
+    return agent
 
 
 def journal_states(state_dir: Path, *job_ids: str) -> list[str | None]:
@@ -154,7 +184,8 @@ def test_a_job_is_claimed_run_and_reported(state_dir, events):
     client = FakeClient(events, [[raw_job("j1")]])
     runner = FakeRunner(events)
     assert make_agent(state_dir, client, runner).run(once=True) == 0
-    assert [e for e in events if e[0] != "poll"] == [("claim", "j1"), ("run", "j1"), ("report", "j1")]
+    assert [e for e in events if e[0] not in ("poll", "processing")] == [
+        ("claim", "j1"), ("run", "j1"), ("report", "j1")]
     (run,) = runner.runs
     assert (run.ident, run.playbook, run.timeout_s) == ("j1", "playbooks/create.yml", 3600)
     assert run.variables["agentkube_tenant"]["kubernetesVersion"] == "v1.35.7"
@@ -171,7 +202,7 @@ def test_an_unknown_action_is_claimed_then_failed(state_dir, events):
     client = FakeClient(events, [[raw_job("j1", action="x", params=None)]])
     runner = FakeRunner(events)
     assert make_agent(state_dir, client, runner).run(once=True) == 0
-    assert [e for e in events if e[0] != "poll"] == [("claim", "j1"), ("report", "j1")]
+    assert [e for e in events if e[0] not in ("poll", "processing")] == [("claim", "j1"), ("report", "j1")]
     (result,) = client.reports
     assert (result.outcome, result.error_message) == ("failed", "unsupported action 'x'")
     assert runner.runs == []
@@ -284,7 +315,7 @@ def test_a_group_already_running_is_not_claimed_twice(state_dir, events):
         [raw_job("b", group="g1")],
     ])
     runner = FakeRunner(events, blocked)
-    agent = make_agent(state_dir, client, runner)
+    agent = leading(make_agent(state_dir, client, runner))
     try:
         assert agent.poll_once() == 2
         assert client.claims() == ["a", "c"]
@@ -310,7 +341,7 @@ def test_no_more_jobs_are_claimed_than_the_concurrency_allows(state_dir, events)
         return succeed(run, cancel)
 
     client = FakeClient(events, [[raw_job(f"j{i}", group=f"g{i}") for i in range(5)]])
-    agent = make_agent(state_dir, client, FakeRunner(events, blocked), max_concurrent_jobs=2)
+    agent = leading(make_agent(state_dir, client, FakeRunner(events, blocked), max_concurrent_jobs=2))
     try:
         assert agent.poll_once() == 2
         assert client.claims() == ["j0", "j1"]
@@ -372,3 +403,120 @@ def test_a_malformed_agent_answer_stops_the_agent_with_a_message_not_a_traceback
     with caplog.at_level("ERROR"):
         assert make_agent(state_dir, client, FakeRunner(events)).run(once=True) == 3
     assert "agent stopped: GET /agents/me: the answer is not JSON" in caplog.text
+
+
+# -- Fulcrum as it really behaves: gone jobs, stuck results, takeovers (issue 12) ---------------------------
+def kept_results(state_dir: Path, *job_ids: str) -> None:
+    """Results journaled but not reported (the agent stopped before Fulcrum took them)."""
+    journal = Journal(state_dir / "journal.sqlite3")
+    for job_id in job_ids:
+        journal.record_claim(Job.from_api(raw_job(job_id, group=f"g-{job_id}")))
+        journal.record_result(JobResult(job_id=job_id, outcome="completed", action="create"))
+    journal.close()
+
+
+def test_a_result_for_a_deleted_job_is_dropped_and_the_others_are_reported(state_dir, events, caplog):
+    """Core answers 403 for a job it no longer knows while the token works: the agent drops that result, says so,
+    counts it, and goes on (it used to take the 403 for a rejected token and exit at every start)."""
+    kept_results(state_dir, "gone", "other")
+    client = FakeClient(events, [[raw_job("j1", group="g9")]])
+    client.report_errors = {"gone": [JobForbidden("POST /jobs/gone/complete -> 403: forbidden", 403)]}
+    agent = make_agent(state_dir, client, FakeRunner(events))
+    assert agent.run(once=True) == 0
+    assert sorted(r.job_id for r in client.reports) == ["j1", "other"]
+    assert journal_states(state_dir, "gone", "other", "j1") == ["dropped", "reported", "reported"]
+    assert agent.stats.snapshot()["events"] == {"results_dropped_forbidden": 1}
+    assert any("job gone: completed result dropped: Fulcrum no longer knows the job" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_one_stuck_result_never_blocks_the_others_and_is_dropped_after_its_bound(state_dir, events):
+    kept_results(state_dir, "stuck", "next")
+    refusal = FulcrumUnavailable("POST /jobs/stuck/complete failed after 3 attempt(s): 500: duplicate key", 500)
+    client = FakeClient(events)
+    client.report_errors = {"stuck": [refusal] * 10}
+    agent = make_agent(state_dir, client, FakeRunner(events), report_max_refusals=3)
+    assert agent.run(once=True) == 0
+    assert [r.job_id for r in client.reports] == ["next"]
+    assert events.index(("report", "next")) < len(events) - 1  # delivered while "stuck" was still being retried
+    assert events.count(("report", "stuck")) == 3
+    assert journal_states(state_dir, "stuck", "next") == ["dropped", "reported"]
+    assert agent.stats.snapshot()["events"] == {"results_dropped_refused": 1}
+
+
+def test_an_outage_never_drops_a_result(state_dir, events):
+    kept_results(state_dir, "j1")
+    outage = FulcrumUnavailable("POST /jobs/j1/complete failed after 3 attempt(s): ConnectionError", None)
+    client = FakeClient(events)
+    client.report_errors = {"j1": [outage] * 4}
+    assert make_agent(state_dir, client, FakeRunner(events), report_max_refusals=2).run(once=True) == 0
+    assert [r.job_id for r in client.reports] == ["j1"]
+    assert journal_states(state_dir, "j1") == ["reported"]
+
+
+def test_jobs_core_holds_in_processing_that_no_run_knows_are_taken_over_once(state_dir, events):
+    """A lost state directory, an instance that died elsewhere: Core shows the jobs Processing for this agent.
+    The unknown one runs again; one whose result the journal keeps is reported, never run again."""
+    kept_results(state_dir, "kept")
+    client = FakeClient(events)
+    client.processing = [raw_job("lost", group="g1"), raw_job("kept", group="g-kept")]
+    runner = FakeRunner(events)
+    agent = make_agent(state_dir, client, runner)
+    assert agent.run(once=True) == 0
+    assert [r.ident for r in runner.runs] == ["lost"]
+    assert client.claims() == []
+    assert sorted(r.job_id for r in client.reports) == ["kept", "lost"]
+    assert agent.stats.snapshot()["events"] == {"jobs_taken_over": 1}
+
+
+def test_an_unsettled_claim_is_taken_over_at_the_next_reconcile(state_dir, events):
+    """The claim outlasted its retries and reading the job back failed too: if Core did take it, the next
+    reconcile finds it Processing for this agent and runs it: a claimed job is never abandoned."""
+    client = FakeClient(events, [[raw_job("j1")]])
+    client.claim_errors = {"j1": FulcrumUnavailable("POST /jobs/j1/claim failed after 3 attempt(s)", None)}
+    runner = FakeRunner(events)
+    agent = leading(make_agent(state_dir, client, runner))
+    try:
+        agent.reconcile()
+        assert agent.poll_once() == 0
+        client.processing = [raw_job("j1")]
+        agent.reconcile()
+        wait_until(lambda: not agent._busy(), "j1 to run")
+    finally:
+        agent.request_stop()
+        agent.shutdown()
+    assert [r.ident for r in runner.runs] == ["j1"]
+    assert [r.job_id for r in client.reports] == ["j1"]
+
+
+@pytest.mark.parametrize(("result", "field"), [
+    ({"agentInstanceId": 7}, "agentInstanceId: Input should be a valid string"),
+    ({"agentInstanceData": ["a"]}, "agentInstanceData: Input should be a valid dictionary"),
+    ({"agentInstanceData": {}, "extra": 1}, "extra: Extra inputs are not permitted"),
+])
+def test_a_malformed_playbook_result_fails_the_job_naming_the_field(state_dir, events, result, field):
+    client = FakeClient(events, [[raw_job("j1")]])
+    runner = FakeRunner(events, lambda run, cancel: PlaybookOutcome("successful", 0, result))
+    assert make_agent(state_dir, client, runner).run(once=True) == 0
+    (report,) = client.reports
+    assert report.outcome == "failed"
+    assert report.error_message == f"action 'create' returned a malformed result: {field}"
+
+
+def test_a_run_that_survived_its_agent_is_stopped_before_the_job_runs_again(state_dir, events):
+    survivor = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        journal = Journal(state_dir / "journal.sqlite3")
+        journal.record_claim(Job.from_api(raw_job("j1")))
+        journal.record_run("j1", survivor.pid, start_ticks(survivor.pid))
+        journal.close()  # the agent died here; its run did not
+
+        client = FakeClient(events)
+        runner = FakeRunner(events, lambda run, cancel: (events.append(("survivor", str(survivor.poll() is None))),
+                                                         succeed(run, cancel))[1])
+        assert make_agent(state_dir, client, runner).run(once=True) == 0
+        assert ("survivor", "False") in events  # it was gone before the job ran again
+        assert [r.job_id for r in client.reports] == ["j1"]
+    finally:
+        survivor.kill()
+        survivor.wait(10)

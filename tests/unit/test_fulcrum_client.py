@@ -20,6 +20,7 @@ from agentkube.adapters.fulcrum_client import (
     FulcrumClient,
     FulcrumError,
     FulcrumUnavailable,
+    JobForbidden,
     MalformedAnswer,
     TokenRejected,
 )
@@ -240,27 +241,50 @@ def test_other_4xx_raise_fulcrum_error_without_retry(stub, status):
 @pytest.mark.parametrize("status", [200, 204])
 def test_claim_returns_true_when_core_accepts(stub, status):
     stub.answer("POST", "/jobs/job-1/claim", (status, None))
-    assert client_for(stub.url).claim("job-1") is True
+    assert client_for(stub.url).claim("job-1", "agent-1") is True
 
 
 @pytest.mark.parametrize("status", [400, 404, 409])
-def test_claim_returns_false_when_the_job_is_no_longer_pending(stub, status):
-    stub.answer("POST", "/jobs/job-1/claim", (status, {"error": "job is not pending"}))
-    assert client_for(stub.url).claim("job-1") is False
-    assert len(stub.requests) == 1
+def test_a_refused_claim_is_settled_by_reading_the_job_back(stub, status):
+    """Core answers 400 to a claim once the job is not Pending: someone else's claim, or our own earlier attempt
+    whose answer was lost. The job as Core has it tells which."""
+    stub.answer("POST", "/jobs/job-1/claim", (status, {"error": "cannot claim a job not in pending status"}))
+    stub.answer("GET", "/jobs/job-1", (200, {"id": "job-1", "status": "Processing", "agentId": "agent-2"}),
+                (200, {"id": "job-1", "status": "Processing", "agentId": "agent-1"}))
+    client = client_for(stub.url)
+    assert client.claim("job-1", "agent-1") is False
+    assert client.claim("job-1", "agent-1") is True
+    assert [r["method"] for r in stub.requests] == ["POST", "GET", "POST", "GET"]
 
 
-def test_claim_raises_on_token_rejection_and_outage(stub):
+def test_a_claim_that_outlasted_its_retries_is_ours_when_core_says_so(stub):
+    stub.answer("POST", "/jobs/job-1/claim", (503, {}))
+    stub.answer("GET", "/jobs/job-1", (200, {"id": "job-1", "status": "Processing", "agentId": "agent-1"}))
+    assert client_for(stub.url).claim("job-1", "agent-1") is True
+
+
+def test_claim_raises_on_token_rejection_a_gone_job_and_outage(stub):
+    stub.answer("GET", "/agents/me", (403, {}), (200, {"id": "agent-1"}))
     stub.answer("POST", "/jobs/a/claim", (403, {}))
     stub.answer("POST", "/jobs/b/claim", (500, {}))
+    stub.answer("GET", "/jobs/b", (500, {}))
     stub.answer("POST", "/jobs/c/claim", (422, {}))
     client = client_for(stub.url)
-    with pytest.raises(TokenRejected):
-        client.claim("a")
+    with pytest.raises(TokenRejected):  # GET /agents/me refused too: the token
+        client.claim("a", "agent-1")
+    with pytest.raises(JobForbidden):  # the agent is fine: the job is unknown or foreign
+        client.claim("a", "agent-1")
     with pytest.raises(FulcrumUnavailable):
-        client.claim("b")
+        client.claim("b", "agent-1")
     with pytest.raises(FulcrumError):
-        client.claim("c")
+        client.claim("c", "agent-1")
+
+
+def test_a_403_outside_the_job_endpoints_is_the_token(stub):
+    stub.answer("GET", "/agents/me", (200, {"id": "agent-1"}))
+    stub.answer("GET", "/jobs/pending", (403, {}))
+    with pytest.raises(TokenRejected):
+        client_for(stub.url).pending_jobs()
 
 
 def test_report_posts_complete_with_the_payload_and_fail_with_the_message(stub):
@@ -283,8 +307,10 @@ def test_report_treats_a_refusal_as_delivered(stub, status, caplog):
     assert any("no longer waits" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize(("status", "error"), [(401, TokenRejected), (500, FulcrumUnavailable), (422, FulcrumError)])
+@pytest.mark.parametrize(("status", "error"), [(401, TokenRejected), (403, JobForbidden), (500, FulcrumUnavailable),
+                                               (422, FulcrumError)])
 def test_report_raises_when_the_result_was_not_taken(stub, status, error):
+    stub.answer("GET", "/agents/me", (200, {"id": "agent-1"}))
     stub.answer("POST", "/jobs/j1/complete", (status, {}))
     with pytest.raises(error):
         client_for(stub.url).report(JobResult(job_id="j1", outcome="completed"))
@@ -331,7 +357,7 @@ def test_a_malformed_answer_is_a_malformed_answer_error(stub, body):
 
 def test_job_ids_are_quoted_as_one_url_segment(stub):
     stub.answer("POST", "/jobs/a%2F..%2Fb/claim", (204, None))
-    assert client_for(stub.url).claim("a/../b") is True
+    assert client_for(stub.url).claim("a/../b", "agent-1") is True
     assert stub.requests[-1]["path"].endswith("/jobs/a%2F..%2Fb/claim")
 
 
@@ -383,7 +409,7 @@ def test_the_token_is_sent_as_bearer_and_never_logged(stub, caplog):
     client = client_for(stub.url)
     client.get_me()
     with pytest.raises(TokenRejected) as e:
-        client.claim("j1")
+        client.claim("j1", "a1")
     assert {r["headers"]["Authorization"] for r in stub.requests} == {f"Bearer {TOKEN}"}
     assert caplog.records, "nothing was logged: the check below would be empty"
     assert not [r for r in caplog.records if TOKEN in r.getMessage()]
@@ -434,8 +460,8 @@ def test_claim_complete_and_a_late_second_report_with_the_emulator(lab):
     (job,) = client.pending_jobs()
     assert (job.action, job.service.id, job.service.group_id) == ("create", service["id"], catalog.group_ids[0])
     assert job.service.name == "Cluster One"
-    assert client.claim(job.id) is True
-    assert client.claim(job.id) is False  # no longer Pending
+    assert client.claim(job.id, catalog.agent_id) is True
+    assert client.claim(job.id, catalog.agent_id) is True  # no longer Pending, but ours: Core says so
     assert client.pending_jobs() == []
     client.report(JobResult(job_id=job.id, outcome="completed", agent_instance_id="kamaji-tenants/c1",
                             agent_instance_data={"endpoint": "https://10.0.0.5:6443"}))
@@ -449,7 +475,7 @@ def test_failed_report_with_the_emulator(lab):
     emu, catalog, client = lab
     emu.create_service("Cluster Two", catalog.service_type_id, catalog.group_ids[1], catalog.agent_id, SPEC)
     (job,) = client.pending_jobs()
-    assert client.claim(job.id)
+    assert client.claim(job.id, catalog.agent_id)
     client.report(JobResult.failed(job, "task 'clone VM': storage full"))
     done = emu.get_job(job.id)
     assert done["status"] == "Failed"

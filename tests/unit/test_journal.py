@@ -3,6 +3,7 @@ pruning. A crash is simulated by opening the same file again without marking any
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import stat
 from collections.abc import Iterator
@@ -169,3 +170,27 @@ def test_prune_forgets_only_old_reported_jobs(journal, monkeypatch):
     assert journal.prune(keep_days=0.5) == 1
     assert journal.state_of("new-reported") is None
     assert journal.prune() == 0
+
+
+def test_a_journal_written_before_runs_and_backoff_were_recorded_is_migrated(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript("""
+        CREATE TABLE jobs (job_id TEXT PRIMARY KEY, job_json TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('claimed', 'finished', 'reported')), result_json TEXT,
+            attempts INTEGER NOT NULL DEFAULT 1, claimed_at REAL NOT NULL, updated_at REAL NOT NULL);
+        CREATE INDEX jobs_state ON jobs (state);
+    """)
+    job = {"id": "j1", "action": "create", "serviceId": "s1", "service": {"id": "s1", "groupId": "g1"}}
+    old.execute("INSERT INTO jobs VALUES ('j1', ?, 'finished', ?, 1, 1.0, 2.0)",
+                (json.dumps(job), json.dumps({"job_id": "j1", "outcome": "completed"})))
+    old.close()
+    j = Journal(path)
+    try:
+        assert [r.job_id for r in j.unreported(due_only=True)] == ["j1"]
+        assert j.report_failed("j1", lambda n: 3600) == 1
+        assert j.unreported(due_only=True) == [] and [r.job_id for r in j.unreported()] == ["j1"]
+        j.mark_dropped("j1", "forbidden: gone")
+        assert j.state_of("j1") == "dropped" and j.unreported() == []
+    finally:
+        j.close()

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from agentkube.adapters.leadership import LeadershipStatus
 from agentkube.agent.health_server import AgentProbes, HealthServer, render_metrics
 from agentkube.agent.job_stats import JobStats
 
@@ -130,8 +131,10 @@ class Clock:
 def fake_agent(clock: Clock) -> SimpleNamespace:
     heartbeat = SimpleNamespace(last=clock.now, failures=0)
     heartbeat.age_s = lambda: None if heartbeat.last is None else clock.now - heartbeat.last
+    leader = LeadershipStatus("file", "host_1_ab", True, "host_1_ab", 1, clock.now)
     return SimpleNamespace(state=SimpleNamespace(last_loop=clock.now, stopping=False), heartbeat=heartbeat,
-                           client=SimpleNamespace(last_success=clock.now), stats=JobStats(), metrics=None)
+                           client=SimpleNamespace(last_success=clock.now), stats=JobStats(), metrics=None,
+                           leadership=SimpleNamespace(status=lambda: leader))
 
 
 def get(url: str) -> tuple[int, str, str]:
@@ -181,6 +184,23 @@ def test_endpoints_follow_loop_heartbeat_and_fulcrum(served):
     agent.client.last_success = None
     assert get(server.url + "/readyz")[0] == 503
     assert get(server.url + "/nope")[0] == 404
+
+
+def test_a_standby_is_healthy_and_ready_without_heartbeat_and_says_so(served):
+    """A standby sends no heartbeat and makes no Fulcrum calls: it must not be restarted or kept out of a rolling
+    update for that; /readyz, /healthz and /metrics tell it from the leader."""
+    server, agent, clock = served
+    assert re.search(r"^agentkube_leader 1$", get(server.url + "/metrics")[1], re.M)
+    standby = LeadershipStatus("lease", "host_2_cd", False, "host_1_ab", 0, clock.now)
+    agent.leadership.status = lambda: standby
+    agent.heartbeat.last = None
+    agent.client.last_success = None
+    for path in ("/healthz", "/readyz"):
+        status, body, _ = get(server.url + path)
+        assert status == 200 and "standby (lease; active: host_1_ab)" in body, (path, body)
+    assert re.search(r"^agentkube_leader 0$", get(server.url + "/metrics")[1], re.M)
+    clock.now += 31  # a standby whose loop is stuck is not healthy either
+    assert get(server.url + "/healthz")[0] == 503
 
 
 def test_stopping_agent_is_not_healthy(served):

@@ -1,6 +1,9 @@
 """Fulcrum Core HTTP client for the agent endpoints (../shared/contracts/fulcrum). Knows HTTP and the
-contract, nothing about Ansible. Retries connection errors and 5xx with exponential backoff and jitter;
-401/403 raise TokenRejected, which stops the agent."""
+contract, nothing about Ansible. Retries connection errors and 5xx with exponential backoff and jitter.
+401, and 403 outside the job endpoints, raise TokenRejected, which stops the agent. On a job endpoint Core answers
+403 for a job it does not know or that is not this agent's (`AuthzFromID`, pkg/middlewares/auth.go, turns the
+loader's error into Forbidden): there a 403 is JobForbidden while the agent's own identity (GET /agents/me) still
+works."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +22,7 @@ from agentkube.core.jobs import Job, JobResult
 
 log = logging.getLogger(__name__)
 
+REPORT_ATTEMPTS = 3  # per delivery round; the journal keeps each result's own backoff between rounds
 MAX_ANSWER_DEPTH = 64  # deeper JSON from Fulcrum is refused (no Fulcrum document nests like that)
 
 
@@ -34,8 +38,13 @@ class TokenRejected(FulcrumError):
     """401/403: the agent token is missing, unknown or expired. The agent cannot work."""
 
 
+class JobForbidden(FulcrumError):
+    """403 on a job endpoint while GET /agents/me still works: the job is gone (deleted) or not this agent's."""
+
+
 class FulcrumUnavailable(FulcrumError):
-    """Connection errors or 5xx that outlasted the retries."""
+    """Connection errors or 5xx that outlasted the retries; `status` is the last 5xx, None when the last attempt
+    got no answer at all."""
 
 
 class MalformedAnswer(FulcrumError):
@@ -107,10 +116,10 @@ class FulcrumClient:
 
     def request(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-        ok: tuple[int, ...] = (200,), retry: bool = True, attempts: int | None = None,
+        ok: tuple[int, ...] = (200,), retry: bool = True, attempts: int | None = None, job_scoped: bool = False,
     ) -> requests.Response:
         url = self.base_url + path
-        last_error = ""
+        last_error, last_status = "", None
         attempts = attempts or (self.retry_attempts if retry else 1)
         for attempt in range(attempts):
             try:
@@ -120,10 +129,13 @@ class FulcrumClient:
             except requests.exceptions.SSLError as e:
                 raise FulcrumError(f"TLS verification of {self.base_url} failed: {e}") from e
             except requests.RequestException as e:
-                last_error = f"{type(e).__name__}: {e}"
+                last_error, last_status = f"{type(e).__name__}: {e}", None
                 resp = None
             if resp is not None:
                 self.last_success = time.monotonic()
+                if resp.status_code == 403 and job_scoped and self._identity_works():
+                    raise JobForbidden(f"{method} {path} -> 403: {_error_text(resp)} (the job is unknown to Fulcrum "
+                                       "or not this agent's)", 403)
                 if resp.status_code in (401, 403):
                     raise TokenRejected(
                         f"Fulcrum rejected the agent token ({resp.status_code} on {method} {path})",
@@ -135,7 +147,7 @@ class FulcrumClient:
                     raise FulcrumError(
                         f"{method} {path} -> {resp.status_code}: {_error_text(resp)}", resp.status_code
                     )
-                last_error = f"{resp.status_code}: {_error_text(resp)}"
+                last_error, last_status = f"{resp.status_code}: {_error_text(resp)}", resp.status_code
             if attempt + 1 < attempts:
                 delay = self.backoff(attempt)
                 log.warning("fulcrum %s %s failed (%s); retry %d/%d in %.1fs",
@@ -143,7 +155,15 @@ class FulcrumClient:
                 if self._stop is not None and self._stop.wait(0):
                     break
                 self._sleep(delay)
-        raise FulcrumUnavailable(f"{method} {path} failed after {attempts} attempt(s): {last_error}")
+        raise FulcrumUnavailable(f"{method} {path} failed after {attempts} attempt(s): {last_error}", last_status)
+
+    def _identity_works(self) -> bool:
+        """False when GET /agents/me is refused too (the token is what Fulcrum rejects)."""
+        try:
+            self.request("GET", "/agents/me", attempts=2)
+        except TokenRejected:
+            return False
+        return True
 
     # -- the agent contract ---------------------------------------------------------------------------
     def get_me(self) -> dict[str, Any]:
@@ -173,30 +193,67 @@ class FulcrumClient:
                 log.error("skipping malformed job %s from Fulcrum: missing or bad field %s", raw_id, e)
         return jobs
 
-    def claim(self, job_id: str) -> bool:
-        """True if this agent now owns the job; False when Core says it is no longer Pending (400/404/409)."""
+    def claim(self, job_id: str, agent_id: str) -> bool:
+        """True if this agent now owns the job. Core refuses a claim with 400 once the job is not Pending, which is
+        also the answer to a retry whose first attempt did take effect (its answer lost): a 400, or a claim that
+        outlasted its retries, is settled by reading the job back (Processing with this agent's id is ours).
+        JobForbidden when the job is gone; FulcrumUnavailable when neither call could be answered."""
         try:
-            self.request("POST", f"/jobs/{segment(job_id)}/claim", ok=(200, 204))
-        except TokenRejected:
+            self.request("POST", f"/jobs/{segment(job_id)}/claim", ok=(200, 204), job_scoped=True)
+            return True
+        except (TokenRejected, JobForbidden):
             raise
         except FulcrumError as e:
-            if e.status in (400, 404, 409):
-                return False
-            raise
-        return True
+            if not isinstance(e, FulcrumUnavailable) and e.status not in (400, 404, 409):
+                raise
+            refused = e
+        job = self.job(job_id)
+        if job.get("status") == "Processing" and job.get("agentId") == agent_id:
+            log.warning("job %s: the claim's answer was lost (%s), but the job is ours: running it", job_id, refused)
+            return True
+        return False
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """GET /jobs/{id}: one of this agent's jobs, as Core has it now."""
+        raw = decode(self.request("GET", f"/jobs/{segment(job_id)}", job_scoped=True), "GET /jobs/<id>")
+        if not isinstance(raw, dict):
+            raise MalformedAnswer("GET /jobs/<id>: the answer is not a JSON object")
+        return raw
+
+    def processing_jobs(self, agent_id: str, page_size: int = 100) -> list[Job]:
+        """The jobs Core holds in Processing for this agent (GET /jobs?status=Processing, paged), with their
+        services: what a lost state directory, or an instance that died elsewhere, left claimed."""
+        jobs = []
+        for raw in self._pages("/jobs", {"status": "Processing"}, page_size):
+            if raw.get("agentId") != agent_id or raw.get("status") != "Processing" or not is_core_id(raw.get("id")):
+                continue
+            if not isinstance(raw.get("service"), dict) and is_core_id(raw.get("serviceId")):
+                raw = {**raw, "service": self.service(raw["serviceId"])}
+            try:
+                jobs.append(Job.from_api(raw))
+            except (KeyError, TypeError, ValueError) as e:
+                log.error("skipping malformed job %s from Fulcrum: missing or bad field %s", raw.get("id"), e)
+        return jobs
+
+    def service(self, service_id: str) -> dict[str, Any]:
+        raw = decode(self.request("GET", f"/services/{segment(service_id)}"), "GET /services/<id>")
+        if not isinstance(raw, dict):
+            raise MalformedAnswer("GET /services/<id>: the answer is not a JSON object")
+        return raw
 
     def report(self, result: JobResult) -> None:
         """Send a job's result. A 400 means Core no longer holds the job in Processing (already reported,
-        or timed out): there is nothing left to deliver, so it is logged and treated as delivered."""
+        or timed out): there is nothing left to deliver, so it is logged and treated as delivered. JobForbidden
+        when the job is gone."""
+        if result.outcome == "completed":
+            verb, body = "complete", result.complete_body()
+        else:
+            verb, body = "fail", {"errorMessage": result.error_message}
         try:
-            if result.outcome == "completed":
-                self.request("POST", f"/jobs/{segment(result.job_id)}/complete", json=result.complete_body(),
-                             ok=(200, 204))
-            else:
-                self.request("POST", f"/jobs/{segment(result.job_id)}/fail",
-                             json={"errorMessage": result.error_message}, ok=(200, 204))
+            self.request("POST", f"/jobs/{segment(result.job_id)}/{verb}", json=body, ok=(200, 204), job_scoped=True,
+                         attempts=REPORT_ATTEMPTS)
         except FulcrumError as e:
-            if isinstance(e, TokenRejected | FulcrumUnavailable) or e.status not in (400, 404, 409):
+            if isinstance(e, TokenRejected | FulcrumUnavailable | JobForbidden) or e.status not in (400, 404, 409):
                 raise
             log.warning("job %s: Fulcrum refused the %s report (%s); it no longer waits for it",
                         result.job_id, result.outcome, e)
@@ -212,16 +269,19 @@ class FulcrumClient:
         self.request("POST", "/metric-entries", json=entry, ok=(200, 201))
 
     def list_services(self, page_size: int = 100) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+        return list(self._pages("/services", {}, page_size))
+
+    def _pages(self, path: str, params: dict[str, Any], page_size: int) -> Iterator[dict[str, Any]]:
+        """Every item of a paged list (Core caps pageSize at 100)."""
         page = 1
         while True:
-            raw = decode(self.request("GET", "/services", params={"page": page, "pageSize": page_size}),
-                         "GET /services")
+            raw = decode(self.request("GET", path, params={**params, "page": page, "pageSize": page_size}),
+                         f"GET {path}")
             if not isinstance(raw, dict) or not isinstance(raw.get("items") or [], list):
-                raise MalformedAnswer("GET /services: the answer is not a page of services")
-            out += [svc for svc in raw.get("items") or [] if isinstance(svc, dict)]
+                raise MalformedAnswer(f"GET {path}: the answer is not a page")
+            yield from (item for item in raw.get("items") or [] if isinstance(item, dict))
             if not raw.get("hasNext"):
-                return out
+                return
             page += 1
 
 

@@ -63,7 +63,7 @@ class PromText:
 
 
 def render_metrics(*, jobs: dict[str, Any], heartbeat_age_s: float | None, heartbeat_failures: int,
-                   fulcrum_age_s: float | None, metrics: dict[str, Any] | None) -> str:
+                   fulcrum_age_s: float | None, metrics: dict[str, Any] | None, leader: bool = True) -> str:
     """The /metrics page. `jobs` is JobStats.snapshot(); `metrics` is MetricsLoop.snapshot() (None: the
     metrics loop is not running)."""
     p = PromText()
@@ -79,6 +79,14 @@ def render_metrics(*, jobs: dict[str, Any], heartbeat_age_s: float | None, heart
              [("", {"action": action}, a["max_s"]) for action, a in js["actions"].items()])
     p.family("agentkube_jobs_failed_by_action_total", "counter", "Failed jobs per action.",
              [("", {"action": action}, a["failed"]) for action, a in js["actions"].items()])
+    events = jobs.get("events") or {}
+    p.family("agentkube_leader", "gauge", "1 on the active instance, 0 on a standby.", [("", {}, int(leader))])
+    p.family("agentkube_jobs_taken_over_total", "counter",
+             "Jobs Fulcrum held in Processing for this agent that no run here knew, run again.",
+             [("", {}, events.get("jobs_taken_over", 0))])
+    p.family("agentkube_results_dropped_total", "counter",
+             "Job results never delivered: the job was gone (forbidden) or Fulcrum kept refusing it (refused).",
+             [("", {"reason": r}, events.get(f"results_dropped_{r}", 0)) for r in ("forbidden", "refused")])
     p.family("agentkube_heartbeat_age_seconds", "gauge", "Seconds since the last accepted heartbeat (NaN: none).",
              [("", {}, heartbeat_age_s)])
     p.family("agentkube_heartbeat_failures_total", "counter", "Heartbeats Fulcrum did not accept.",
@@ -122,12 +130,19 @@ class AgentProbes:
         self.fulcrum_max_age_s = fulcrum_max_age_s
         self.clock = clock
 
+    def _standby(self) -> str:
+        """'' when this instance is the active one, else what /healthz and /readyz say about the leader."""
+        status = self.agent.leadership.status()
+        return "" if status.is_leader else f"standby ({status.kind}; active: {status.holder or 'unknown'})"
+
     def healthz(self) -> tuple[bool, str]:
         loop_age = self.clock() - self.agent.state.last_loop
         if self.agent.state.stopping:
             return False, "agent is stopping"
         if loop_age > self.loop_max_age_s:
             return False, f"agent loop last ran {loop_age:.0f}s ago (limit {self.loop_max_age_s:.0f}s)"
+        if standby := self._standby():  # a standby sends no heartbeat: its loop waiting is its health
+            return True, f"ok: {standby}, loop {loop_age:.1f}s ago"
         hb_age = self.agent.heartbeat.age_s()
         if hb_age is None:
             return False, "no heartbeat accepted yet"
@@ -136,6 +151,8 @@ class AgentProbes:
         return True, f"ok: loop {loop_age:.1f}s ago, heartbeat {hb_age:.1f}s ago"
 
     def readyz(self) -> tuple[bool, str]:
+        if standby := self._standby():  # ready to take over: a rolling update must not wait for it to lead
+            return True, f"ok: {standby}"
         last = self.agent.client.last_success
         if last is None:
             return False, "Fulcrum not reached yet"
@@ -152,6 +169,7 @@ class AgentProbes:
             heartbeat_failures=self.agent.heartbeat.failures,
             fulcrum_age_s=None if last is None else self.clock() - last,
             metrics=metrics.snapshot() if metrics is not None else None,
+            leader=self.agent.leadership.status().is_leader,
         )
 
 

@@ -23,6 +23,10 @@ class Heartbeat:
         self.sent: list[float] = []            # monotonic send times (bounded), for health and tests
         self.failures = 0
 
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
     def start(self) -> None:
         self._thread.start()
 

@@ -21,6 +21,7 @@ class JobStats:
     failed: int = 0
     running: int = 0
     per_action: dict[str, ActionStats] = field(default_factory=lambda: defaultdict(ActionStats))
+    events: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # takeovers, dropped results
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def started(self) -> None:
@@ -39,9 +40,13 @@ class JobStats:
                 self.failed += 1
                 a.failed += 1
 
+    def count(self, event: str) -> None:
+        with self._lock:
+            self.events[event] += 1
+
     def snapshot(self) -> dict:
         with self._lock:
             return {
                 "processed": self.processed, "failed": self.failed, "running": self.running,
-                "actions": {k: vars(v).copy() for k, v in self.per_action.items()},
+                "actions": {k: vars(v).copy() for k, v in self.per_action.items()}, "events": dict(self.events),
             }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -74,6 +74,11 @@ class AgentLoopSettings(_Section):
     shutdown_grace_s: float = Field(120.0, ge=0)
     state_dir: Path = Field(default_factory=lambda: Path(os.environ.get("XDG_STATE_HOME", "~/.local/state"))
                             .expanduser() / "agentkube")
+    reconcile_interval_s: float = Field(60.0, gt=0, description="how often jobs Fulcrum holds in Processing for "
+                                        "this agent, but that no run here knows, are taken over")
+    report_max_refusals: int = Field(10, ge=1, description="a result Fulcrum answered with an error this many "
+                                     "times is dropped (logged and counted); outages never count")
+    report_retry_max_s: float = Field(300.0, gt=0, description="cap of one result's delivery backoff")
 
 
 class RunnerSettings(_Section):
@@ -155,6 +160,30 @@ class HealthSettings(_Section):
     fulcrum_max_age_s: float = Field(120.0, gt=0, description="/readyz: Fulcrum answered this recently")
 
 
+class LeadershipSettings(_Section):
+    """One active instance per agent token: a coordination.k8s.io Lease on the Kamaji parent cluster when a
+    kubeconfig is given, otherwise a lock on the state directory."""
+
+    mode: Literal["auto", "lease", "file", "none"] = "auto"
+    kubeconfig: Path | None = Field(None, description="the Kamaji parent cluster's kubeconfig (for the Lease)")
+    context: str | None = None
+    namespace: str = Field("kamaji-tenants", description="the Lease's namespace")
+    lease_name: str | None = Field(None, description="default agentkube-<agent id>")
+    lease_duration_s: int = Field(15, ge=1)
+    renew_deadline_s: float = Field(10.0, ge=1)
+    retry_period_s: float = Field(2.0, gt=0)
+    once_wait_s: float = Field(60.0, ge=0, description="`run --once`: how long to wait for an active instance")
+
+    @model_validator(mode="after")
+    def _timing(self) -> LeadershipSettings:
+        # client-go's leaderelection.NewLeaderElector: leaseDuration > renewDeadline > JitterFactor * retryPeriod
+        if not self.lease_duration_s > self.renew_deadline_s > 1.2 * self.retry_period_s:
+            raise ValueError("lease_duration_s > renew_deadline_s > 1.2 * retry_period_s must hold")
+        if self.mode == "lease" and self.kubeconfig is None:
+            raise ValueError("mode lease needs kubeconfig")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTKUBE_", env_nested_delimiter="__", extra="forbid")
 
@@ -164,6 +193,7 @@ class Settings(BaseSettings):
     tenancy: TenancySettings = Field(default_factory=TenancySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    leadership: LeadershipSettings = Field(default_factory=LeadershipSettings)
 
     @classmethod
     def settings_customise_sources(
