@@ -526,3 +526,13 @@ def test_run_maintenance_still_applies_everything_now():
         clock.now += 301
         emu.run_maintenance()
         assert emu.state.jobs[job["id"]].status == "Failed"
+
+
+def test_a_generic_update_action_ignores_its_body(lab):
+    # pkg/api/handlers_service.go GenericAction: DoAction with the action name only, so a job without params
+    svc, job = lab.claimed()
+    lab.api.post(lab.url(f"/jobs/{job['id']}/complete"), json={}, timeout=5)
+    r = lab.admin.post(lab.url(f"/services/{svc['id']}/update"), json={"properties": {"size": 5}}, timeout=5)
+    assert r.status_code == 200 and r.json()["properties"]["size"] == 1
+    update = lab.job_of(svc)
+    assert update["action"] == "update" and "params" not in update

@@ -130,7 +130,7 @@ class _Service:
     id: str
     name: str
     status: str
-    properties: dict
+    properties: dict | None
     provider_id: str
     consumer_id: str
     group_id: str
@@ -417,7 +417,6 @@ class FulcrumState:
             "id": svc.id,
             "name": svc.name,
             "status": svc.status,
-            "properties": copy.deepcopy(svc.properties),
             "providerId": svc.provider_id,
             "consumerId": svc.consumer_id,
             "agentId": svc.agent_id,
@@ -426,6 +425,8 @@ class FulcrumState:
             "createdAt": rfc3339(svc.created_at),
             "updatedAt": rfc3339(svc.updated_at),
         }
+        if svc.properties is not None:  # nil after an update job without params (POST /services/{id}/update)
+            res["properties"] = copy.deepcopy(svc.properties)
         if svc.agent_instance_id is not None:
             res["agentInstanceId"] = svc.agent_instance_id
         if svc.agent_instance_data is not None:
@@ -980,7 +981,7 @@ class FulcrumState:
             schema = st["lifecycleSchema"]
             if job.status != "Processing":
                 raise _invalid("cannot complete a job not in processing status")
-            properties = copy.deepcopy(svc.properties)
+            properties = copy.deepcopy(svc.properties) or {}
             if updates:
                 try:
                     validated = apply_update(
