@@ -106,3 +106,49 @@ class AgentThread:
 
 
 AGENTKUBE = [sys.executable, "-m", "agentkube.cli"]
+
+
+class RunMonitor:
+    """Watches this machine's playbook runs from outside the agent: every run starts as an
+    agentkube.adapters.run_guard process whose --pid-file lies in <jobs dir>/<job id>/. Samples /proc until stopped
+    and records, per job, the guard pids seen, and every moment two guards of one job were alive at once."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.runs: dict[str, set[int]] = {}          # job id -> guard pids seen
+        self.overlaps: list[tuple[str, tuple[int, ...]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    @staticmethod
+    def guards() -> dict[int, str]:
+        """Live run guards: pid -> job id."""
+        out = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"agentkube.adapters.run_guard" in argv and b"--pid-file" in argv:
+                pid_file = Path(argv[argv.index(b"--pid-file") + 1].decode())
+                out[int(entry.name)] = pid_file.parent.name
+        return out
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            by_job: dict[str, list[int]] = {}
+            for pid, job in self.guards().items():
+                by_job.setdefault(job, []).append(pid)
+                self.runs.setdefault(job, set()).add(pid)
+            self.overlaps += [(job, tuple(sorted(pids))) for job, pids in by_job.items() if len(pids) > 1]
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RunMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)

@@ -187,13 +187,16 @@ class Lab:
                                            self.catalog.agent_id, spec or REHEARSAL_SPEC)
 
     def agent_config(self) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "fulcrum": {"url": self.fulcrum.url, "token_file": str(self.token_file),
                         "ca_file": str(self.ca.ca_file)},
             "agent": {"state_dir": str(self.state_dir / "agent"), "heartbeat_interval_s": 2,
                       "poll_interval_s": 0.5},
             "runner": {"inventory": str(self.inventory_dir / "hosts.yml")},
         }
+        if self.kube is not None:  # one active instance through a Lease on the Kamaji parent, as in production
+            config["leadership"] = {"kubeconfig": str(self.parent_kubeconfig), "namespace": "kamaji-system"}
+        return config
 
     def group_vars(self) -> dict[str, Any]:
         """The operator settings (inventory group_vars) pointing the playbooks at this lab."""
