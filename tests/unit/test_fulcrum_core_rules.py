@@ -536,3 +536,17 @@ def test_a_generic_update_action_ignores_its_body(lab):
     assert r.status_code == 200 and r.json()["properties"]["size"] == 1
     update = lab.job_of(svc)
     assert update["action"] == "update" and "params" not in update
+
+
+def test_metric_entries_follow_cores_handler(lab):
+    # pkg/api/handlers_metric_entry.go Create: by serviceId any service (the entry takes its agent); by
+    # agentInstanceId the agent's own; unknown service or metric type -> 404
+    lab.emu.create_metric_type("m")
+    theirs = lab.service(agent=lab.other_agent)
+    r = lab.api.post(lab.url("/metric-entries"), json={"serviceId": theirs["id"], "resourceId": "r", "typeName": "m",
+                                                        "value": 1}, timeout=5)
+    assert r.status_code == 201 and r.json()["agentId"] == lab.other_agent["id"]
+    for body in ({"agentInstanceId": "nope", "resourceId": "r", "typeName": "m", "value": 1},
+                 {"serviceId": theirs["id"], "resourceId": "r", "typeName": "unknown", "value": 1}):
+        assert lab.api.post(lab.url("/metric-entries"), json=body, timeout=5).status_code == 404
+    assert lab.api.post(lab.url("/metric-entries"), json={"resourceId": "r"}, timeout=5).status_code == 400

@@ -491,8 +491,9 @@ def test_metric_entries_need_a_known_type_and_an_own_service(world):
     assert r.status_code == 201 and r.json()["serviceId"] == svc["id"]
     by_id = {"serviceId": svc["id"], "resourceId": "nodes", "value": 2.5, "typeName": "tenant.nodes.ready"}
     assert world.api.post("/metric-entries", json=by_id).status_code == 201
-    assert world.api.post("/metric-entries", json={**entry, "typeName": "unknown"}).status_code == 400
-    assert world.api.post("/metric-entries", json={**entry, "agentInstanceId": "other"}).status_code == 400
+    # Core: an unknown metric type or agentInstanceId is a NotFoundError, so 404
+    assert world.api.post("/metric-entries", json={**entry, "typeName": "unknown"}).status_code == 404
+    assert world.api.post("/metric-entries", json={**entry, "agentInstanceId": "other"}).status_code == 404
     assert [e["value"] for e in world.emu.metric_entries] == [3, 2.5]
 
 

@@ -28,8 +28,9 @@ Fidelity (fulcrumproject/core at 499230a, each rule cites its Core file where it
 - jobs without params carry no `params` key and services without agentInstanceId no such key (omitempty);
 - an agentInstanceId another service holds breaks Core's unique index: 500, nothing applied;
 - only agent tokens are issued (default lifetime 24 h, like Core); serviceOption/serviceReference validators
-  and pool generators have their configuration checked but accept every value and generate nothing; agent
-  configuration is not validated against its schema."""
+  and pool generators have their configuration checked but accept every value and generate nothing; an
+  agent's configuration is stored as given, whereas Core runs it through the agent configuration engine
+  (pkg/domain/agent.go Create: unknown keys dropped, defaults filled, secrets moved to the vault)."""
 
 from __future__ import annotations
 

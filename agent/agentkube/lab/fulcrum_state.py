@@ -1048,38 +1048,50 @@ class FulcrumState:
                 self.vault.pop(ref, None)
 
     def create_metric_entry(self, identity: Identity, body: dict) -> dict:
-        resource_id = _require_str(body, "resourceId")
-        type_name = _require_str(body, "typeName")
+        """POST /metric-entries (pkg/api/handlers_metric_entry.go Create, pkg/domain/metric_entry.go): by
+        `serviceId` (any service: the entry takes that service's agent; unknown -> 404) or, for an agent, by
+        `agentInstanceId` among its own services (unknown -> 404); the metric type by name (unknown -> 404);
+        `value` a float64 (absent is 0); an empty resourceId is invalid input."""
+        resource_id = _optional_str(body, "resourceId", "CreateMetricEntryReq.") or ""
+        type_name = _optional_str(body, "typeName", "CreateMetricEntryReq.") or ""
+        instance_id = _optional_str(body, "agentInstanceId", "CreateMetricEntryReq.")
         value = body.get("value")
+        if value is None:
+            value = 0.0
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ApiError(400, "field 'value' is required and must be a number")
+            raise ApiError(
+                400,
+                f"json: cannot unmarshal {_json_kind(value)} into Go struct field CreateMetricEntryReq.value "
+                "of type float64",
+            )
         with self.lock:
-            agent = self._agent(identity)
-            mtype = self.metric_types.get(type_name)
-            if mtype is None:
-                raise ApiError(400, f"metric type {type_name!r} not found")
             svc: _Service | None = None
             if body.get("serviceId") is not None:
                 svc = self.services.get(_parse_uuid(body["serviceId"], "serviceId"))
-            elif body.get("agentInstanceId") is not None:
+            elif instance_id is not None and identity.role == "agent":
                 svc = next(
                     (
                         s
                         for s in self.services.values()
-                        if s.agent_id == agent.id and s.agent_instance_id == body["agentInstanceId"]
+                        if s.agent_id == identity.agent_id and s.agent_instance_id == instance_id
                     ),
                     None,
                 )
             else:
-                raise ApiError(400, "one of 'serviceId' or 'agentInstanceId' is required")
-            if svc is None or svc.agent_id != agent.id:
-                raise ApiError(400, "service not found for this agent")
+                raise ApiError(400, "serviceId or agent role and agentInstanceId are required")
+            if svc is None:
+                raise ApiError(404, NOT_FOUND)
+            mtype = self.metric_types.get(type_name)
+            if mtype is None:
+                raise ApiError(404, NOT_FOUND)
+            if not resource_id:
+                raise _invalid("resource ID cannot be empty")
             now = rfc3339(self.clock())
             entry = {
                 "id": _new_id(),
                 "providerId": svc.provider_id,
                 "consumerId": svc.consumer_id,
-                "agentId": agent.id,
+                "agentId": svc.agent_id,
                 "serviceId": svc.id,
                 "resourceId": resource_id,
                 "value": value,
