@@ -2,8 +2,9 @@
 
     /healthz   200 when the agent loop ran recently and the last heartbeat is recent, else 503
     /readyz    200 when Fulcrum answered recently (FulcrumClient.last_success), else 503
-    /metrics   Prometheus text format (0.0.4): job statistics, VM state counts, heartbeat age,
-               metric posts and drops, metrics collection cycles and failures
+    /metrics   Prometheus text format (0.0.4, prometheus_client): job statistics and duration histograms,
+               leadership, takeovers and dropped results, VM state counts, heartbeat age, metric posts and
+               drops, metrics collection cycles and failures
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from agentkube.agent.job_stats import DURATION_BUCKETS
 from agentkube.core.metrics import VM_STATES, job_stats
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 
 
 class Probes(Protocol):
@@ -29,93 +34,95 @@ class Probes(Protocol):
     def metrics_text(self) -> str: ...
 
 
-# ------------------------------------------------------------------------------- Prometheus text
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+# ------------------------------------------------------------------------------- Prometheus exposition
+def _value(value: float | int | None) -> float:
+    return math.nan if value is None else float(value)
 
 
-def _number(value: float | int | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "NaN"
-    if isinstance(value, float) and math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if isinstance(value, float) else str(int(value))
+class _Snapshot:
+    """A prometheus_client collector over the snapshots the agent keeps (JobStats, MetricsLoop, heartbeat):
+    the page is built from them at each scrape, so nothing is counted twice."""
 
+    def __init__(self, **parts: Any):
+        self.parts = parts
 
-class PromText:
-    """Builds the exposition text: one HELP/TYPE block per family, samples with escaped labels."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str,
-               samples: Iterable[tuple[str, dict[str, str], float | int | None]]) -> None:
-        """samples: (suffix, labels, value); suffix '' or e.g. '_sum' / '_count' for summaries."""
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        for suffix, labels, value in samples:
-            label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
-            self.lines.append(f"{name}{suffix}{{{label_text}}} {_number(value)}" if label_text
-                              else f"{name}{suffix} {_number(value)}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+    def collect(self) -> Iterator[Metric]:
+        p = self.parts
+        js, events, m = job_stats(p["jobs"]), p["jobs"].get("events") or {}, p["metrics"] or {}
+        yield CounterMetricFamily("agentkube_jobs_processed", "Jobs finished (completed or failed).",
+                                  value=js["processed"])
+        yield CounterMetricFamily("agentkube_jobs_failed", "Jobs that failed.", value=js["failed"])
+        yield GaugeMetricFamily("agentkube_jobs_running", "Jobs running now.", value=js["running"])
+        durations = HistogramMetricFamily("agentkube_job_duration_seconds", "Job durations per action.",
+                                          labels=["action"])
+        longest = GaugeMetricFamily("agentkube_job_duration_max_seconds", "Longest job per action.", labels=["action"])
+        failed = CounterMetricFamily("agentkube_jobs_failed_by_action", "Failed jobs per action.", labels=["action"])
+        for action, a in js["actions"].items():
+            raw = p["jobs"]["actions"][action]
+            buckets = [(repr(le), n) for le, n in zip(DURATION_BUCKETS, raw.get("buckets") or [], strict=False)]
+            durations.add_metric([action], buckets=[*buckets, ("+Inf", a["count"])], sum_value=a["total_s"])
+            longest.add_metric([action], a["max_s"])
+            failed.add_metric([action], a["failed"])
+        yield from (durations, longest, failed)
+        yield GaugeMetricFamily("agentkube_leader", "1 on the active instance, 0 on a standby.", value=int(p["leader"]))
+        yield CounterMetricFamily("agentkube_jobs_taken_over",
+                                  "Jobs Fulcrum held in Processing for this agent that no run here knew, run again.",
+                                  value=events.get("jobs_taken_over", 0))
+        dropped = CounterMetricFamily(
+            "agentkube_results_dropped",
+            "Job results never delivered: the job was gone (forbidden) or Fulcrum kept refusing it (refused).",
+            labels=["reason"])
+        for reason in ("forbidden", "refused"):
+            dropped.add_metric([reason], events.get(f"results_dropped_{reason}", 0))
+        yield dropped
+        yield GaugeMetricFamily("agentkube_heartbeat_age_seconds",
+                                "Seconds since the last accepted heartbeat (NaN: none).",
+                                value=_value(p["heartbeat_age_s"]))
+        yield CounterMetricFamily("agentkube_heartbeat_failures", "Heartbeats Fulcrum did not accept.",
+                                  value=p["heartbeat_failures"])
+        yield GaugeMetricFamily("agentkube_fulcrum_last_success_age_seconds",
+                                "Seconds since Fulcrum last answered (NaN: never).", value=_value(p["fulcrum_age_s"]))
+        vm_states = m.get("vm_states") or {}
+        total = vm_states.get("total") or {}
+        vms = GaugeMetricFamily("agentkube_vms", "Tenant VMs by state, all services (last collection).",
+                                labels=["state"])
+        for state in VM_STATES if total else ():
+            vms.add_metric([state], total.get(state, 0))
+        per_service = GaugeMetricFamily("agentkube_service_vms", "Tenant VMs by state per service (agentInstanceId).",
+                                        labels=["service", "state"])
+        for svc, counts in sorted((vm_states.get("services") or {}).items()):
+            for state in VM_STATES:
+                per_service.add_metric([svc, state], counts.get(state, 0))
+        yield from (vms, per_service)
+        for name, help_text, key in (
+            ("agentkube_metric_posts", "Metric entries Fulcrum accepted.", "posts"),
+            ("agentkube_metric_drops", "Metric entries dropped after their attempts.", "drops"),
+            ("agentkube_metric_cycles", "Metrics collections run.", "cycles"),
+            ("agentkube_metric_cycles_failed", "Metrics collections whose playbook failed.", "cycles_failed"),
+            ("agentkube_metric_cycles_overrun", "Metrics collections that outlasted the interval.", "cycles_overrun"),
+        ):
+            yield CounterMetricFamily(name, help_text, value=m.get(key, 0))
+        parts = CounterMetricFamily("agentkube_metric_collection_failures",
+                                    "Collections where a part failed (proxmox, kamaji) or a tenant was unreachable.",
+                                    labels=["part"])
+        for part in ("proxmox", "kamaji", "tenant"):
+            parts.add_metric([part], m.get(f"{part}_failures", 0))
+        yield parts
+        cycle = GaugeMetricFamily("agentkube_metric_cycle_duration_seconds", "Duration of the last metrics collection.",
+                                  labels=[])
+        if p["metrics"] is not None:
+            cycle.add_metric([], _value(m.get("last_duration_s")))
+        yield cycle
 
 
 def render_metrics(*, jobs: dict[str, Any], heartbeat_age_s: float | None, heartbeat_failures: int,
                    fulcrum_age_s: float | None, metrics: dict[str, Any] | None, leader: bool = True) -> str:
-    """The /metrics page. `jobs` is JobStats.snapshot(); `metrics` is MetricsLoop.snapshot() (None: the
-    metrics loop is not running)."""
-    p = PromText()
-    js = job_stats(jobs)
-    p.family("agentkube_jobs_processed_total", "counter", "Jobs finished (completed or failed).",
-             [("", {}, js["processed"])])
-    p.family("agentkube_jobs_failed_total", "counter", "Jobs that failed.", [("", {}, js["failed"])])
-    p.family("agentkube_jobs_running", "gauge", "Jobs running now.", [("", {}, js["running"])])
-    p.family("agentkube_job_duration_seconds", "summary", "Job durations per action.",
-             [s for action, a in js["actions"].items()
-              for s in (("_sum", {"action": action}, a["total_s"]), ("_count", {"action": action}, a["count"]))])
-    p.family("agentkube_job_duration_max_seconds", "gauge", "Longest job per action.",
-             [("", {"action": action}, a["max_s"]) for action, a in js["actions"].items()])
-    p.family("agentkube_jobs_failed_by_action_total", "counter", "Failed jobs per action.",
-             [("", {"action": action}, a["failed"]) for action, a in js["actions"].items()])
-    events = jobs.get("events") or {}
-    p.family("agentkube_leader", "gauge", "1 on the active instance, 0 on a standby.", [("", {}, int(leader))])
-    p.family("agentkube_jobs_taken_over_total", "counter",
-             "Jobs Fulcrum held in Processing for this agent that no run here knew, run again.",
-             [("", {}, events.get("jobs_taken_over", 0))])
-    p.family("agentkube_results_dropped_total", "counter",
-             "Job results never delivered: the job was gone (forbidden) or Fulcrum kept refusing it (refused).",
-             [("", {"reason": r}, events.get(f"results_dropped_{r}", 0)) for r in ("forbidden", "refused")])
-    p.family("agentkube_heartbeat_age_seconds", "gauge", "Seconds since the last accepted heartbeat (NaN: none).",
-             [("", {}, heartbeat_age_s)])
-    p.family("agentkube_heartbeat_failures_total", "counter", "Heartbeats Fulcrum did not accept.",
-             [("", {}, heartbeat_failures)])
-    p.family("agentkube_fulcrum_last_success_age_seconds", "gauge",
-             "Seconds since Fulcrum last answered (NaN: never).", [("", {}, fulcrum_age_s)])
-    m = metrics or {}
-    vm_states = m.get("vm_states") or {}
-    total = vm_states.get("total") or {}
-    p.family("agentkube_vms", "gauge", "Tenant VMs by state, all services (last collection).",
-             [("", {"state": s}, total.get(s, 0)) for s in VM_STATES] if total else [])
-    p.family("agentkube_service_vms", "gauge", "Tenant VMs by state per service (agentInstanceId).",
-             [("", {"service": svc, "state": s}, counts.get(s, 0))
-              for svc, counts in sorted((vm_states.get("services") or {}).items()) for s in VM_STATES])
-    p.family("agentkube_metric_posts_total", "counter", "Metric entries Fulcrum accepted.",
-             [("", {}, m.get("posts", 0))])
-    p.family("agentkube_metric_drops_total", "counter", "Metric entries dropped after their attempts.",
-             [("", {}, m.get("drops", 0))])
-    p.family("agentkube_metric_cycles_total", "counter", "Metrics collections run.", [("", {}, m.get("cycles", 0))])
-    p.family("agentkube_metric_cycles_failed_total", "counter", "Metrics collections whose playbook failed.",
-             [("", {}, m.get("cycles_failed", 0))])
-    p.family("agentkube_metric_cycles_overrun_total", "counter", "Metrics collections that outlasted the interval.",
-             [("", {}, m.get("cycles_overrun", 0))])
-    p.family("agentkube_metric_collection_failures_total", "counter",
-             "Collections where a part failed (proxmox, kamaji) or a tenant was unreachable.",
-             [("", {"part": part}, m.get(f"{part}_failures", 0)) for part in ("proxmox", "kamaji", "tenant")])
-    p.family("agentkube_metric_cycle_duration_seconds", "gauge", "Duration of the last metrics collection.",
-             [("", {}, m.get("last_duration_s"))] if metrics is not None else [])
-    return p.text()
+    """The /metrics page (Prometheus text 0.0.4, through prometheus_client). `jobs` is JobStats.snapshot();
+    `metrics` is MetricsLoop.snapshot() (None: the metrics loop is not running)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(jobs=jobs, heartbeat_age_s=heartbeat_age_s, heartbeat_failures=heartbeat_failures,
+                                fulcrum_age_s=fulcrum_age_s, metrics=metrics, leader=leader))
+    return generate_latest(registry).decode("utf-8")
 
 
 # ------------------------------------------------------------------------------- the agent's probes

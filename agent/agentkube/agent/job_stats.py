@@ -6,6 +6,9 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+# Upper bounds (seconds) of the job duration histogram: a stop takes seconds, a create with workers many minutes.
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
+
 
 @dataclass
 class ActionStats:
@@ -13,6 +16,7 @@ class ActionStats:
     failed: int = 0
     total_s: float = 0.0
     max_s: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))  # cumulative, le each bound
 
 
 @dataclass
@@ -36,6 +40,9 @@ class JobStats:
             a.count += 1
             a.total_s += duration_s
             a.max_s = max(a.max_s, duration_s)
+            for i, bound in enumerate(DURATION_BUCKETS):
+                if duration_s <= bound:
+                    a.buckets[i] += 1
             if not ok:
                 self.failed += 1
                 a.failed += 1
@@ -48,5 +55,6 @@ class JobStats:
         with self._lock:
             return {
                 "processed": self.processed, "failed": self.failed, "running": self.running,
-                "actions": {k: vars(v).copy() for k, v in self.per_action.items()}, "events": dict(self.events),
+                "actions": {k: {**vars(v), "buckets": list(v.buckets)} for k, v in self.per_action.items()},
+                "events": dict(self.events),
             }

@@ -5,8 +5,29 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
+
+from agentkube import __version__
+from agentkube.cli.log_format import configure
+
+DESCRIPTION = """\
+agentkube runs Kubernetes tenant clusters for Fulcrum Core: it takes Fulcrum's jobs and runs the Ansible
+playbooks that render Kamaji TenantControlPlanes, clone Proxmox VE worker VMs and join them with kubeadm, then
+reports results, heartbeats and metrics back to Fulcrum."""
+
+EPILOG = """\
+common commands:
+  agentkube run --config agent.yaml        the agent service (AGENTKUBE_* environment variables override the file)
+  agentkube run --once                     process what is pending, report, exit
+  agentkube render job --service-id ID --action create --config agent.yaml --out DIR
+                                           break-glass: the variables the agent would pass, and the command to run
+  agentkube validate --properties spec.yaml
+                                           check a tenant spec, every error with its field
+  agentkube demo                           the whole story against the lab (needs the 'lab' extra)
+
+`agentkube COMMAND --help` describes each command. Exit status: 0 ok (also when jobs failed: Fulcrum gets the
+failure), 2 invalid configuration or rejected token, 3 the agent stopped (Fulcrum unreachable, not the active
+instance)."""
 
 SUBCOMMAND_MODULES = (
     "agentkube.cli.run_cmd",
@@ -18,8 +39,12 @@ SUBCOMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentkube", description=__doc__)
+    parser = argparse.ArgumentParser(prog="agentkube", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"agentkube {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="stderr logs as text lines or one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMAND_MODULES:
         try:
@@ -34,11 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure(args.log_format, args.verbose)
     return int(args.func(args) or 0)
 
 
