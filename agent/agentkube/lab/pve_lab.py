@@ -12,6 +12,10 @@ the address cloud-init gives the guest: the static one of `ipconfig0`, or, with 
 lease of the lab network's DHCP range (`LabDhcp`: one address per MAC, kept across restarts, free again
 once no VM has that MAC). `lab.guests.agent_delay = None` (every VM) or `lab.guests.silent.add(name)` (one
 VM) is the fault "the guest agent never comes up".
+
+`PveLab(realistic=True)` (or `realism=Realism(...)`) adds what a real cluster does and fakepve does not:
+pvestatd's lag in /cluster/resources, the two-step clone config, the cross-node VMID collision inside the
+clone task, HA-managed VMs and a least-privileged token (pve_realism.py, each rule with its upstream source).
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from agentkube.lab.certs import LabCA
+from agentkube.lab.pve_realism import (
+    BROADCAST_FIELDS,
+    Realism,
+    cross_node_collision_message,
+    role_privileges,
+)
 
 SUPPORTED_MINORS = ("1.33", "1.34", "1.35", "1.36")
 TEMPLATE_VMID_BASE = 9000  # template of 1.35 is 9035
@@ -126,10 +136,194 @@ def _lab_fake_class():
     - `PUT /nodes/{node}/qemu/{vmid}/resize` (grow only, takes the VM config lock, runs as a task);
     - guest agents that come up after a start (`LabGuests`), and PVE's `No QEMU guest agent configured`
       for a VM whose config does not enable the agent."""
-    from fakepve import FakePve, PveError
+    import json
+    import time
+
+    from aiohttp import web
+    from fakepve import FakePve, PveError, TaskError
 
     class LabPve(FakePve):
         guests: LabGuests = LabGuests()
+        realism: Realism = Realism()
+
+        # ------------------------------------------------- realism (pve_realism.py explains each rule)
+
+        def lab_broadcast(self) -> None:
+            """One pvestatd cycle: what /cluster/resources shows of each VM until the next one
+            (pve-manager PVE/Service/pvestatd.pm update_qemu_status; qemu-server vmstatus for the name)."""
+            rrd = {}
+            for vm in self.vms:
+                running = vm.status == "running"
+                entry = dict(self._vm_usage(vm))
+                entry.update(name=vm.config.get("name") or f"VM {vm.vmid}",
+                             status=(vm.qmpstatus or vm.status) if running else "stopped",
+                             template=1 if vm.template else 0)
+                rrd[vm.vmid] = entry
+            self.__dict__["_lab_rrd"] = rrd
+
+        async def lab_pvestatd(self, period: float) -> None:
+            """pvestatd: a broadcast every `period` PVE seconds, the first one a cycle after start (its
+            `$cycle` skips the update right after startup; the lab primes the templates' entries at start)."""
+            while True:
+                await self.pause(period)
+                self.lab_broadcast()
+
+        async def _resources(self, request):
+            response = await super()._resources(request)
+            if not self.realism.status_period:
+                return response
+            data = json.loads(response.body)["data"]
+            rrd = self.__dict__.get("_lab_rrd", {})
+            for item in data:
+                if item.get("type") != "qemu" or item.get("status") == "unknown":
+                    continue  # an offline node: fakepve already shows unknown
+                for key in BROADCAST_FIELDS:
+                    item.pop(key, None)
+                # PVE/API2Tools.pm extract_vm_stats: unknown, no name, no usage until the broadcast knows the VM.
+                item["status"] = "unknown"
+                item.update(rrd.get(int(item["vmid"]), {}))
+            return web.json_response({"data": data})
+
+        async def _qm_clone(self, v, user):
+            newid = int(v["newid"])
+            other = self.vm(newid)
+            if self.realism.cross_node_collision and other is not None and other.node != v["node"]:
+                return await self._lab_clone_elsewhere(v, user)
+            upid = await super()._qm_clone(v, user)
+            new = self.vm(newid)
+            if new is not None and new.lock == "clone":
+                if self.realism.two_step_clone:
+                    # qemu-server clone_vm: the temporary config holds only the clone lock until a disk is copied.
+                    self.__dict__.setdefault("_lab_staged", {})[newid] = (new, dict(new.config), new.name)
+                    new.config = {"lock": "clone"}
+                    new.name = f"VM {newid}"
+                if self.realism.ha_managed:
+                    self._lab_after_task(upid, lambda: self.lab_ha_add(newid, "stopped")
+                                         if self.vm(newid) is new else None)
+            return upid
+
+        async def _lab_clone_elsewhere(self, v, user):
+            """A newid registered on another node: clone_vm's early checks pass (they look at this node's
+            config files only), the worker fails renaming its temporary config into place."""
+            node, vmid, newid = v["node"], int(v["vmid"]), int(v["newid"])
+            self._qm_check_pool(v.get("pool"))
+            self._qm_perm(user, newid, v.get("pool"), "VM.Allocate")
+            self.need_quorum()
+            src = self.find(node, vmid)
+            self._check_lock(src)
+
+            async def body():
+                raise TaskError(cross_node_collision_message(node, newid))
+            return await self.task(node, "qmclone", vmid, user, body, lock=False,
+                                   log=[f"creating a clone of VM {vmid} with ID {newid}"])
+
+        async def ceph_io(self, vm, keys=None):
+            staged = self.__dict__.get("_lab_staged", {}).get(vm.vmid)
+            if not staged or staged[0] is not vm:
+                return await super().ceph_io(vm, keys)
+            # The clone's disk copy: the config stays `lock: clone` alone until it is done.
+            copied = {k: val for k, val in vm.config.items() if k != "lock"}
+            copying = self.__dict__.setdefault("_lab_copying", {})
+            copying[vm.vmid] = {**staged[1], **copied, "lock": "clone"}
+            vm.config = {"lock": "clone"}
+            try:
+                await super().ceph_io(vm, keys)
+            finally:
+                self.__dict__["_lab_staged"].pop(vm.vmid, None)
+                full = copying.pop(vm.vmid)
+            vm.config = full
+            vm.name = staged[2]
+            return None
+
+        def on_ceph(self, vm, keys=None):
+            copying = self.__dict__.get("_lab_copying", {}).get(vm.vmid)
+            if copying is None:
+                return super().on_ceph(vm, keys)
+            rbd = self.ceph_storages()  # the disks being copied, not the temporary config's none
+            return any(str(copying.get(k) or "").split(",")[0].split(":")[0] in rbd
+                       for k in (keys if keys is not None else vm.devices(copying)))
+
+        def _lab_after_task(self, upid, then) -> None:
+            async def watch():
+                record = self.tasks.get(upid) or {}
+                while record.get("status") != "stopped":
+                    await asyncio.sleep(0.01)
+                if record.get("exitstatus") == "OK":
+                    then()
+            tasks = self.__dict__.setdefault("_lab_watchers", set())
+            task = asyncio.ensure_future(watch())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        def lab_ha_add(self, vmid: int, state: str = "started") -> None:
+            """`ha-manager add vm:<vmid> --state <state>`: the HA manager brings the VM to `state` after
+            ha_delay PVE seconds (pve-ha-manager: the CRM and LRM act on their next cycles)."""
+            vm = self.vm(int(vmid))
+            if vm is None:
+                raise PveError(500, f"unable to find VM {vmid}")
+            if vm.ha_state is not None:
+                raise PveError(500, f"resource ID 'vm:{vmid}' already defined")
+            vm.ha_state = "stopped" if vm.status != "running" else "started"
+
+            async def crm():
+                await self.pause(self.ha_delay)
+                if vm not in self.vms or vm.ha_state is None:
+                    return
+                if state == "started" and vm.status != "running" and not vm.lock:
+                    vm.apply_pending()
+                    vm.status = vm.qmpstatus = "running"
+                    vm.started_at = time.time()
+                elif state == "stopped":
+                    vm.status = vm.qmpstatus = "stopped"
+                vm.ha_state = state
+            tasks = self.__dict__.setdefault("_lab_watchers", set())
+            task = asyncio.ensure_future(crm())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        def _routes_lab_ha(self):
+            if not self.realism.ha_managed:
+                return []
+            return [("GET", "/cluster/ha/resources", self._lab_ha_index),
+                    ("POST", "/cluster/ha/resources", self._lab_ha_create),
+                    ("DELETE", "/cluster/ha/resources/{sid}", self._lab_ha_delete)]
+
+        @staticmethod
+        def _lab_sid(sid) -> int:
+            # pve-ha-manager src/PVE/HA/Config.pm parse_sid: "vm:<id>" or a bare id.
+            text = str(sid)
+            return int(text.split(":", 1)[1] if text.startswith("vm:") else text)
+
+        async def _lab_ha_index(self, values, user):
+            return [{"sid": f"vm:{vm.vmid}", "type": "vm", "state": vm.ha_state,
+                     "digest": "0" * 40} for vm in self.vms if vm.ha_state is not None]
+
+        async def _lab_ha_create(self, values, user):
+            self.need_quorum()
+            self.lab_ha_add(self._lab_sid(values["sid"]), str(values.get("state") or "started"))
+            return None
+
+        async def _lab_ha_delete(self, values, user):
+            vm = self.vm(self._lab_sid(values["sid"]))
+            if vm is None or vm.ha_state is None:
+                raise PveError(500, f"cannot delete service 'vm:{self._lab_sid(values['sid'])}', not HA managed!")
+            vm.ha_state = None
+            return None
+
+        def _config_priv(self, key):
+            # qemu-server src/PVE/API2/Qemu.pm $check_vm_modify_config_perm: cloud-init options and ipconfigN need
+            # VM.Config.Cloudinit or VM.Config.Network (fakepve asks VM.Config.HWType).
+            if key in ("cicustom", "cipassword", "citype", "ciuser", "ciupgrade", "nameserver", "searchdomain",
+                       "sshkeys") or re.fullmatch(r"ipconfig\d+", key):
+                return "VM.Config.Cloudinit"
+            return super()._config_priv(key)
+
+        def require(self, user, path, priv):
+            if priv == "VM.Config.Cloudinit" and self.allowed(user, path, "VM.Config.Network"):
+                return None
+            return super().require(user, path, priv)
+
+        # ------------------------------------------------------------------ guests
 
         async def _do_start(self, vm, user, p):
             managed = agent_enabled(vm.config.get("agent")) and vm.status != "running"
@@ -147,7 +341,15 @@ def _lab_fake_class():
             record = self.tasks.get(upid) or {}
             while record.get("status") != "stopped":
                 await asyncio.sleep(0.01)
-            if record.get("exitstatus") != "OK" or vm.status != "running":
+            if record.get("exitstatus") != "OK":
+                return
+            if vm.ha_managed:
+                # hastart ended at the request: the HA manager starts the VM ha_delay PVE seconds later.
+                waited = 0.0
+                while vm.status != "running" and waited < self.ha_delay * 3:
+                    await self.pause(1.0)
+                    waited += 1.0
+            if vm.status != "running":
                 return
             boot = vm.started_at
             delay = self.guests.agent_delay
@@ -189,6 +391,8 @@ def _lab_fake_class():
 
             if vm.lock:
                 raise PveError(500, f"VM is locked ({vm.lock})")
+            # qemu-server src/PVE/API2/Qemu.pm resize_vm: Datastore.AllocateSpace on the disk's storage.
+            self.require(user, "/storage/" + current.split(":", 1)[0], "Datastore.AllocateSpace")
             return await self.task(vm.node, "resize", vm.vmid, user, body, vm=vm)
 
     return LabPve
@@ -199,8 +403,10 @@ class PveLab:
 
     def __init__(self, state_dir: Path | str, time_scale: float = 0.01, clone_secs: float = 20.0,
                  nodes: tuple[str, ...] = NODES, agent_delay: float | None = AGENT_DELAY,
-                 dhcp_range: str = DHCP_RANGE):
+                 dhcp_range: str = DHCP_RANGE, realistic: bool = False, realism: Realism | None = None):
         self.state_dir = Path(state_dir)
+        # Real-cluster behaviours (pve_realism.py): all off unless asked for; realistic=True turns all on.
+        self.realism = realism or (Realism.realistic() if realistic else Realism())
         # The guests' behaviour; `guests.agent_delay` may be changed while the lab runs.
         self.guests = LabGuests(agent_delay, LabDhcp(dhcp_range))
         self.time_scale = time_scale
@@ -214,6 +420,7 @@ class PveLab:
         self.fake: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._pvestatd: asyncio.Task | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -233,6 +440,10 @@ class PveLab:
         fake.ceph_slow(self.clone_secs, health="HEALTH_OK")
         fake.pools.setdefault("agentkube", set())
         fake.apitokens[self.token_id] = self.token_secret
+        fake.realism = self.realism
+        if self.realism.least_privilege:
+            for path, privs in role_privileges(VM_STORAGE, "vmbr0").items():
+                fake.grant(self.token_id, path, *privs)
         for minor in SUPPORTED_MINORS:
             vmid = template_vmid(minor)
             fake.add_vm(vmid, f"k8s-{minor.replace('.', '-')}-template", node=self.nodes[0], template=True,
@@ -262,8 +473,13 @@ class PveLab:
                 ready.set()
                 return
             self.port = fake.port
+            if self.realism.status_period:
+                fake.lab_broadcast()  # the templates are known to pvestatd already
+                self._pvestatd = loop.create_task(fake.lab_pvestatd(self.realism.status_period))
             ready.set()
             loop.run_forever()
+            if self._pvestatd:
+                self._pvestatd.cancel()
             loop.run_until_complete(fake.stop())
             loop.close()
 
