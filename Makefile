@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 
 # The Debian 12 root filesystem the lab's emulated workers (and kubeadm_node's molecule scenario) run in.
 # Needs root and debootstrap; without them the demo still runs, its workers are not joined, and it says so.
-ROOTFS ?= .cache/rootfs/debian12
+ROOTFS ?= $(CURDIR)/.cache/rootfs/debian12
+export AGENTKUBE_ROOTFS_CACHE ?= $(ROOTFS)
 rootfs:
 	@scripts/system-packages.sh
 	@if [ "$$(id -u)" = 0 ] && command -v debootstrap >/dev/null; then \

@@ -1,5 +1,6 @@
 """The README's "Running the playbooks by hand": `agentkube render job` prints the ansible-playbook command an
-operator types; typed as printed, it creates and deletes a tenant in the lab exactly as the agent would."""
+operator types; typed as printed, from any folder, it creates and deletes a tenant in the lab exactly as the agent
+would."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent_harness import AGENTKUBE, REPO
+from agent_harness import AGENTKUBE
 
 from agentkube.lab.lab import Lab
 
@@ -28,8 +29,14 @@ def _by_hand(lab: Lab, service_id: str, action: str, out: Path) -> subprocess.Co
                             capture_output=True, text=True, env=_env(), timeout=60)
     assert render.returncode == 0, render.stderr
     command = shlex.split(render.stdout.strip())
-    assert command[0] == "ansible-playbook"
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=_env(), timeout=900)
+    env = _env()
+    while "=" in command[0]:  # the command's leading NAME=value assignments, as a shell applies them
+        name, _, value = command.pop(0).partition("=")
+        env[name] = value
+    assert Path(command[0]).name == "ansible-playbook"
+    elsewhere = out.parent / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    return subprocess.run(command, cwd=elsewhere, capture_output=True, text=True, env=env, timeout=900)
 
 
 def test_create_and_delete_by_hand_against_the_lab(tmp_path):

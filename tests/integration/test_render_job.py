@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from agent_harness import AGENTKUBE, SPEC, new_service
 
 from agentkube.core.job_vars import build_job_vars
 from agentkube.core.jobs import Job
+from agentkube.core.project import project_dir
 from agentkube.core.untrusted_yaml import load_untrusted
 from agentkube.lab.lab import Lab
 
@@ -37,8 +41,11 @@ def test_render_job_from_the_service_matches_the_agents_vars(tmp_path):
     assert {k: v for k, v in written.items() if k != "agentkube_job"} == \
         {k: v for k, v in expected.items() if k != "agentkube_job"}
     assert written["agentkube_tenant"]["kubernetesVersion"] == SPEC["kubernetesVersion"]
-    assert r.stdout.startswith("ansible-playbook -i ")
-    assert f"playbooks/create.yml -e @{vars_file}" in r.stdout
+    command = shlex.split(r.stdout)
+    assert command[0] == f"ANSIBLE_CONFIG={project_dir() / 'ansible.cfg'}"
+    assert command[1:3] == [str(Path(sys.executable).parent / "ansible-playbook"), "-i"]
+    assert command[4] == str(project_dir() / "playbooks" / "create.yml")  # absolute: works from any folder
+    assert command[-2:] == ["-e", f"@{vars_file}"]
 
 
 def test_render_job_from_job_json_without_fulcrum(tmp_path):
@@ -52,7 +59,8 @@ def test_render_job_from_job_json_without_fulcrum(tmp_path):
     written = load_untrusted((tmp_path / "o" / "job-vars.yml").read_text())
     assert written["agentkube_job"] == {"id": "j1", "action": "delete"}
     assert written["agentkube_previous"] == {"endpoint": "https://10.0.0.50:6443"}
-    assert "playbooks/delete.yml" in r.stdout
+    assert str(project_dir() / "playbooks" / "delete.yml") in r.stdout
+    assert f"-i {project_dir() / 'inventories' / 'example'} " in r.stdout
 
 
 @pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b"[" * 50_000, b"[1, 2]"])

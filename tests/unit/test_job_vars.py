@@ -128,9 +128,14 @@ def test_create_and_update_apply_the_version_window(action):
         build_job_vars(job(action, SPEC), window=((1, 33), (1, 34)))
 
 
-def test_create_without_params_names_params():
-    with pytest.raises(JobInputError, match=r"^params: the tenant spec is missing$"):
-        build_job_vars(job("create", None, SPEC))
+@pytest.mark.parametrize("action", ["create", "update"])
+def test_an_action_re_issued_without_params_works_on_the_services_properties(action):
+    """Core re-issues an action (POST /services/{id}/{action}) with nil params: a create retried after a
+    failure converges on the properties the service holds."""
+    assert build_job_vars(job(action, None, SPEC))["agentkube_tenant"]["kubernetesVersion"] == \
+        SPEC["kubernetesVersion"]
+    with pytest.raises(JobInputError, match=r"^service\.properties: the tenant spec is missing$"):
+        build_job_vars(job(action, None, None))
 
 
 def test_bad_params_name_every_field_under_params():

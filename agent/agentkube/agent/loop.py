@@ -47,7 +47,7 @@ from agentkube.agent.heartbeat import Heartbeat
 from agentkube.agent.job_stats import JobStats
 from agentkube.agent.metrics_loop import MetricsLoop
 from agentkube.core import shipped
-from agentkube.core.job_vars import JobInputError, build_job_vars, job_secret_paths, substitute_vault, vault_refs
+from agentkube.core.job_vars import JobInputError, build_job_vars, job_secret_paths, resolve_vault
 from agentkube.core.jobs import Job, JobResult
 from agentkube.core.operator_config import ConfigurationError, operator_vars
 from agentkube.core.playbook_result import PlaybookResultError, parse_playbook_result
@@ -481,9 +481,11 @@ class Agent:
     def _resolve_secrets(self, doc: dict[str, Any], paths: set[tuple[str, ...]]) -> dict[str, Any]:
         """Resolve the vault:// refs standing at the given paths just before use; every secret value joins the
         redactor. A reference anywhere else stays a literal string."""
-        refs = vault_refs(doc, paths)
-        resolved = {ref: self.client.resolve_secret(ref) for ref in sorted(refs)}
-        self.redactor.add(*resolved.values())
-        out = substitute_vault(doc, paths, resolved)
+        def resolve(ref: str) -> str:
+            value = self.client.resolve_secret(ref)
+            self.redactor.add(value)
+            return value
+
+        out = resolve_vault(doc, paths, resolve)
         self.redactor.add(*secret_values_in(out))
         return out

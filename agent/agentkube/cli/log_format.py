@@ -27,4 +27,4 @@ class JsonFormatter(logging.Formatter):
 def configure(fmt: str, verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])

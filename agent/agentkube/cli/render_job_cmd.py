@@ -1,12 +1,15 @@
-"""`agentkube render job`: write the exact vars file (and the inventory path) the agent would use for a job,
-so an operator can run the same playbook by hand when the agent or Fulcrum is down (break-glass).
+"""`agentkube render job`: write everything the agent would pass to the playbook for a job (the job's variables,
+and the operator settings from Fulcrum's agent configuration, validated as the agent validates them), so an
+operator can run the same playbook by hand when the agent or Fulcrum is down (break-glass).
 
     agentkube render job --service-id ID --action create [--config agent.yaml] --out DIR
     agentkube render job --job-json job.json --out DIR          # a job as Fulcrum returns it (JobRes)
 
-It prints the `ansible-playbook` command to type. The file is written by the agent's own writer (every value is
-data, never a template). Vault references are resolved through Fulcrum only with --resolve-secrets, and only in
-properties the service type marks secret; otherwise they stay `vault://...` strings in the file.
+It prints the command to type: absolute paths to the installed project's playbook and ansible.cfg, the agent's own
+ansible-playbook, and the files written, so it works from any folder. The files are written by the agent's own
+writer (every value is data, never a template). Vault references are resolved through Fulcrum only with
+--resolve-secrets, and only where the agent resolves them (top-level operator settings, properties the service type
+marks secret); otherwise they stay `vault://...` strings in the files.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from pathlib import Path
 
 from agentkube.adapters.fulcrum_client import FulcrumClient, FulcrumError
 from agentkube.adapters.job_runner import write_vars_file
+from agentkube.adapters.project_roles import role_variables
 from agentkube.core import shipped
-from agentkube.core.job_vars import JobInputError, build_job_vars, job_secret_paths, substitute_vault, vault_refs
+from agentkube.core.job_vars import JobInputError, build_job_vars, job_secret_paths, resolve_vault
 from agentkube.core.jobs import Job
+from agentkube.core.operator_config import ConfigurationError, operator_vars
+from agentkube.core.project import project_dir
 from agentkube.core.settings import ConfigError, Settings, load_settings
 
 
@@ -77,17 +83,37 @@ def run_job(args: argparse.Namespace) -> int:
         window = settings.tenancy.window() if settings else None
         validate = settings.tenancy.validate_spec if settings else True
         variables = build_job_vars(job, window, validate, settings.tenancy.limits if settings else None)
+        operator: dict = {}
+        if client is not None:
+            project = settings.runner.project_dir if settings else project_dir()
+            operator = operator_vars(client.get_me().get("configuration"), shipped.configuration_schema(),
+                                     role_variables(project))
         if args.resolve_secrets and client is not None:
-            paths = job_secret_paths(shipped.property_schema())
-            resolved = {ref: client.resolve_secret(ref) for ref in sorted(vault_refs(variables, paths))}
-            variables = substitute_vault(variables, paths, resolved)
+            variables = resolve_vault(variables, job_secret_paths(shipped.property_schema()), client.resolve_secret)
+            operator = resolve_vault(operator, {(key,) for key in operator}, client.resolve_secret)
         args.out.mkdir(parents=True, exist_ok=True, mode=0o700)
-        vars_file = write_vars_file(args.out / "job-vars.yml", variables)
-    except (ConfigError, FulcrumError, JobInputError, OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        files = [write_vars_file(args.out / "job-vars.yml", variables)]
+        if operator:  # first, as the agent passes them: the job's variables win
+            files.insert(0, write_vars_file(args.out / "operator-vars.yml", operator))
+    except (ConfigError, ConfigurationError, FulcrumError, JobInputError, OSError, ValueError, KeyError, TypeError,
+            RecursionError) as e:
         print(f"agentkube render job: {e}", file=sys.stderr)
         return 1
-    playbook = (settings.runner.action_map() if settings else {}).get(job.action, f"playbooks/{job.action}.yml")
-    inventory = settings.runner.inventory if settings and settings.runner.inventory else Path("inventories/example")
-    print(f"wrote {vars_file}", file=sys.stderr)
-    print(shlex.join(["ansible-playbook", "-i", str(inventory), playbook, "-e", f"@{vars_file}"]))
+    for path in files:
+        print(f"wrote {path}", file=sys.stderr)
+    print(break_glass_command(settings, job.action, files))
     return 0
+
+
+def break_glass_command(settings: Settings | None, action: str, files: list[Path]) -> str:
+    """The ansible-playbook command the agent would run, with absolute paths: it works from any folder."""
+    project = settings.runner.project_dir if settings else project_dir()
+    playbook = Path((settings.runner.action_map() if settings else {}).get(action, f"playbooks/{action}.yml"))
+    inventory = settings.runner.inventory if settings and settings.runner.inventory else \
+        project / "inventories" / "example"
+    ansible_playbook = Path(sys.executable).parent / "ansible-playbook"
+    argv = [f"ANSIBLE_CONFIG={project / 'ansible.cfg'}", str(ansible_playbook), "-i", str(Path(inventory).absolute()),
+            str(playbook if playbook.is_absolute() else project / playbook)]
+    for path in files:
+        argv += ["-e", f"@{path.absolute()}"]
+    return shlex.join(argv)

@@ -10,7 +10,7 @@ agentInstanceData.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from agentkube.core.jobs import Job
@@ -49,6 +49,10 @@ def tenant_spec_for(job: Job, window: tuple[tuple[int, int], tuple[int, int]] | 
     lo, hi = window or (DEFAULT_MIN_MINOR, DEFAULT_MAX_MINOR)
     if job.action in SPEC_ACTIONS:
         source, where = job.params, "params"
+        if source is None:
+            # an action re-issued through POST /services/{id}/{action} carries no params (Core's DoServiceAction
+            # creates the job with nil params): a create retried after a failure works on the service's properties
+            source, where = job.service.properties or None, "service.properties"
     else:
         # Lifecycle actions must work on what exists, even if the operator's window or limits moved since.
         source, where = job.service.properties, "service.properties"
@@ -159,3 +163,10 @@ def substitute_vault(data: Any, paths: Iterable[Path_], resolved: dict[str, str]
             node = node[key]
         node[path[-1]] = resolved[ref]
     return out
+
+
+def resolve_vault(data: Any, paths: Iterable[Path_], resolve: Callable[[str], str]) -> Any:
+    """data with each `vault://<ref>` standing at one of the paths replaced by resolve(ref), every reference
+    resolved once; references anywhere else stay literal strings."""
+    paths = list(paths)
+    return substitute_vault(data, paths, {ref: resolve(ref) for ref in sorted(vault_refs(data, paths))})

@@ -15,9 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agentkube.core.project import project_dir
 from agentkube.core.tenant_spec import TenantLimits
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_ACTIONS = {a: f"playbooks/{a}.yml" for a in ("create", "start", "stop", "update", "delete")}
 
 
@@ -82,7 +82,8 @@ class AgentLoopSettings(_Section):
 
 
 class RunnerSettings(_Section):
-    project_dir: Path = REPO_ROOT
+    project_dir: Path = Field(default_factory=project_dir, description="the Ansible project (default: the one "
+                              "installed with the agent)")
     inventory: Path | None = None
     actions: dict[str, str] = Field(default_factory=dict, description="extra or overriding action -> playbook")
     timeout_s: dict[str, int] = Field(default_factory=dict, description="per-action job timeout")

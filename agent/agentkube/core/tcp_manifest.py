@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agentkube.core.naming import tenant_name
+from agentkube.core.project import project_dir
 from agentkube.core.tenant_spec import (
     DEFAULT_MAX_MINOR,
     DEFAULT_MIN_MINOR,
@@ -41,17 +42,15 @@ ANNOTATION_SERVICE_NAME = "agentkube.io/service-name"
 
 TEMPLATE_NAME = "tenant-control-plane.yaml.j2"
 TEMPLATES_DIR_ENV = "AGENTKUBE_TEMPLATES_DIR"
-# repo layout: agent/agentkube/core/ -> ../../../templates
-_REPO_TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "templates"
 
 MINOR_RE = re.compile(r"v?(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)")  # fullmatch
 SETTINGS_VAR_PREFIX = "kamaji_tcp_"
 
 
 def templates_dir() -> Path:
-    """$AGENTKUBE_TEMPLATES_DIR if set, else the repository's templates/ next to the package."""
+    """$AGENTKUBE_TEMPLATES_DIR if set, else the installed project's templates/."""
     override = os.environ.get(TEMPLATES_DIR_ENV)
-    return Path(override) if override else _REPO_TEMPLATES_DIR
+    return Path(override) if override else project_dir() / "templates"
 
 
 def datastore_schema(name: str) -> str:

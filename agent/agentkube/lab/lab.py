@@ -30,16 +30,17 @@ from typing import Any
 
 import yaml
 
+from agentkube.core.project import project_dir
 from agentkube.lab.certs import LabCA
 from agentkube.lab.fulcrum_catalog import Catalog, register_catalog
 from agentkube.lab.fulcrum_emulator import FulcrumEmulator
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[3]
+PROJECT = project_dir()
 OWNER_TAG = "agentkube"
 MANAGED_BY = "app.kubernetes.io/managed-by=agentkube"
-LAB_CNI_MANIFEST = REPO / "roles" / "tenant_baseline" / "files" / "lab-cni-stand-in.yaml"
+LAB_CNI_MANIFEST = PROJECT / "roles" / "tenant_baseline" / "files" / "lab-cni-stand-in.yaml"
 
 
 REHEARSAL_SPEC: dict[str, Any] = {
@@ -49,8 +50,10 @@ REHEARSAL_SPEC: dict[str, Any] = {
 
 
 def rootfs_cache() -> Path:
-    """The cached Debian 12 root filesystem the emulated workers are copied from."""
-    return Path(os.environ.get("AGENTKUBE_ROOTFS_CACHE", REPO / ".cache" / "rootfs" / "debian12"))
+    """The cached Debian 12 root filesystem the emulated workers are copied from ($AGENTKUBE_ROOTFS_CACHE, by
+    default in the user's cache directory; `make rootfs` builds the checkout's own)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agentkube" / "rootfs" / "debian12"
+    return Path(os.environ.get("AGENTKUBE_ROOTFS_CACHE") or default)
 
 
 def emulated_workers_available() -> tuple[bool, str]:
@@ -226,7 +229,7 @@ class Lab:
                 "kubeadm_node_manage_services": False,
                 "kubeadm_node_wait_ready": False,
                 "kubeadm_node_install_packages": False,
-                "kubeadm_node_packages_tasks": str(REPO / "playbooks" / "tasks" / "lab_worker_packages.yml"),
+                "kubeadm_node_packages_tasks": str(PROJECT / "playbooks" / "tasks" / "lab_worker_packages.yml"),
             })
         settings.update(self.operator_vars)
         return settings
