@@ -77,7 +77,8 @@ def test_agent_conversation_follows_the_contract(emu: FulcrumEmulator):
             "providerId": provider["id"],
             "agentTypeId": agent_type["id"],
             "tags": ["lab"],
-            "configuration": {"hypervisorPassword": "vault://hv-pass"},
+            "configuration": {"hypervisorEndpoint": "https://hv.example", "hypervisorUsername": "agent",
+                              "hypervisorPassword": "hv-pass-1", "unknown": "dropped"},
         },
         201,
     )
@@ -102,7 +103,9 @@ def test_agent_conversation_follows_the_contract(emu: FulcrumEmulator):
     # --- the agent side (validated twice: inline here and again from the emulator's log below)
     api = CheckedClient(emu.url, token["value"], emu.ca_file)
     me = api("GET", "/agents/me", expect=200)
-    assert me["configuration"]["hypervisorPassword"] == "vault://hv-pass"
+    # Core's config engine ran at creation (pkg/domain/agent.go): secret to the vault, defaults filled, unknown gone
+    assert me["configuration"]["hypervisorPassword"].startswith("vault://")
+    assert me["configuration"]["maxConcurrentJobs"] == 5 and "unknown" not in me["configuration"]
     assert api("GET", "/vault/secrets/hv-pass", expect=200) == {"value": "hypervisor-secret"}
     api("PUT", "/agents/me/status", {"status": "Connected"}, 200)
 

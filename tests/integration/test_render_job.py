@@ -43,9 +43,11 @@ def test_render_job_from_the_service_matches_the_agents_vars(tmp_path):
     assert written["agentkube_tenant"]["kubernetesVersion"] == SPEC["kubernetesVersion"]
     command = shlex.split(r.stdout)
     assert command[0] == f"ANSIBLE_CONFIG={project_dir() / 'ansible.cfg'}"
-    assert command[1:3] == [str(Path(sys.executable).parent / "ansible-playbook"), "-i"]
-    assert command[4] == str(project_dir() / "playbooks" / "create.yml")  # absolute: works from any folder
-    assert command[-2:] == ["-e", f"@{vars_file}"]
+    assert command[1] == str(Path(sys.executable).parent / "ansible-playbook")
+    assert command[-1] == str(project_dir() / "playbooks" / "create.yml")  # absolute: works from any folder
+    assert command[-3:-1] == ["-e", f"@{vars_file}"]
+    # Fulcrum's agent configuration: an inventory source before the operator's, so the operator's inventory wins
+    assert command[2:6] == ["-i", str(out / "fulcrum-config" / "hosts.yml"), "-i", str(lab.inventory_dir / "hosts.yml")]
 
 
 def test_render_job_from_job_json_without_fulcrum(tmp_path):

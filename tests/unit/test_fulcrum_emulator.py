@@ -173,8 +173,9 @@ def _world(emu: FulcrumEmulator, clock: FakeClock) -> World:
     provider = emu.create_provider("provider")
     consumer = emu.create_provider("consumer")
     st = emu.create_service_type(copy.deepcopy(SERVICE_TYPE))
-    at = emu.create_agent_type("kamaji-agent", [st["id"]])
-    agent = emu.create_agent("agent-1", provider["id"], at["id"], {"proxmoxToken": "vault://pve-token"})
+    at = emu.create_agent_type("kamaji-agent", [st["id"]], {"properties": {
+        "proxmoxToken": {"type": "string"}, "port": {"type": "integer", "default": 8006}}})
+    agent = emu.create_agent("agent-1", provider["id"], at["id"], {"proxmoxToken": "vault://pve-token", "x": 1})
     token = emu.create_agent_token(agent["id"])
     group = emu.create_service_group("team-a", consumer["id"])
     return World(
@@ -267,7 +268,8 @@ def test_agents_me_returns_the_agent_with_its_configuration(world):
     me = world.api.get("/agents/me").json()
     assert me["id"] == world.agent["id"] and me["status"] == "Disconnected"  # Core's NewAgent
     assert me["providerId"] == world.provider["id"] and me["agentTypeId"] == world.agent_type["id"]
-    assert me["configuration"] == {"proxmoxToken": "vault://pve-token"}
+    # Core ran it through the config engine at creation: unknown keys dropped, defaults filled
+    assert me["configuration"] == {"proxmoxToken": "vault://pve-token", "port": 8006}
 
 
 def test_status_updates_are_heartbeats(world):

@@ -194,3 +194,26 @@ def test_vars_reach_the_playbook_as_data_never_as_templates(runner, tmp_path):
     assert out.ok, out.error
     assert out.result["agentInstanceData"]["service"] == payload  # the very string, never evaluated
     assert not canary.exists()
+
+
+def test_precedence_defaults_fulcrum_configuration_inventory_job(runner, tmp_path):
+    """Fulcrum's agent configuration is an inventory source before the operator's inventory: the operator's
+    group_vars override it, the job's variables override both; the configuration never outlives the run."""
+    inventory = tmp_path / "inventory"
+    (inventory / "group_vars").mkdir(parents=True)
+    (inventory / "hosts.yml").write_text("all: {}\n")
+    (inventory / "group_vars" / "all.yml").write_text("by_operator: inventory\nboth: inventory\n")
+    playbook = tmp_path / "show.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.set_stats:\n        per_host: false\n        data:\n          agentkube_result:\n"
+        "            agentInstanceData: {fulcrum: '{{ from_fulcrum }}', both: '{{ both }}', op: '{{ by_operator }}',"
+        " job: '{{ agentkube_tenant_name }}'}\n")
+    out = runner.run(PlaybookRun("job-prec", str(playbook), {**_vars(), "agentkube_tenant_name": "from-job"},
+                                 operator_vars={"from_fulcrum": "fulcrum", "both": "fulcrum",
+                                                "agentkube_tenant_name": "fulcrum"},
+                                 inventory=str(inventory / "hosts.yml")))
+    assert out.ok, out.error
+    assert out.result["agentInstanceData"] == {"fulcrum": "fulcrum", "both": "inventory", "op": "inventory",
+                                               "job": "from-job"}
+    assert not (tmp_path / "jobs" / "job-prec" / "fulcrum-config").exists()

@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import re
+import shlex
 import shutil
 import sys
 import threading
@@ -38,6 +39,7 @@ event_log = logging.getLogger("agentkube.events")
 
 RESULT_KEY = "agentkube_result"
 GUARD_PID_FILE = "run-guard.json"
+CONFIG_INVENTORY = "fulcrum-config"  # the run's inventory source of Fulcrum's agent configuration
 STOP_GRACE_S = 15.0  # a canceled run's SIGTERM-to-SIGKILL grace
 IDENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a job id (UUID) or the agent's own run names
 VARS_HEADER = "Written by the agentkube job runner; every value is data (never templated)."
@@ -136,11 +138,9 @@ class JobRunner:
         elif pdir.exists():
             shutil.rmtree(pdir)  # a re-run after a crash starts clean
         pdir.mkdir(parents=True, mode=0o700)
-        vars_file = write_vars_file(pdir / "job-vars.yml", run.variables)
-        cmdline = f"-e @{vars_file}"
-        if run.operator_vars:
-            op_file = write_vars_file(pdir / "operator-vars.yml", run.operator_vars)
-            cmdline = f"-e @{op_file} " + cmdline
+        cmdline = shlex.join(playbook_arguments(
+            write_vars_file(pdir / "job-vars.yml", run.variables), run.inventory,
+            write_config_inventory(pdir / CONFIG_INVENTORY, run.operator_vars) if run.operator_vars else None))
 
         state = _RunState(started, run.timeout_s, run.idle_timeout_s, cancel)
         ident = run.ident
@@ -174,8 +174,6 @@ class JobRunner:
             event_handler=on_event, cancel_callback=state.should_cancel,
             settings={"suppress_ansible_output": True},
         )
-        if run.inventory:
-            kwargs["inventory"] = run.inventory
         self._enqueue({"job": ident, "event": "run_start", "playbook": run.playbook})
         env_file = pdir / "exec-env.json"
         pid_file = pdir / GUARD_PID_FILE
@@ -200,6 +198,7 @@ class JobRunner:
                 self._active.discard(pdir.name)
             for f in (*pdir.glob("*-vars.yml"), env_file, pid_file):
                 f.unlink(missing_ok=True)
+            shutil.rmtree(pdir / CONFIG_INVENTORY, ignore_errors=True)
             _drop_recorded_env(pdir)
             self._scrub_artifacts(pdir)
             self._rotate()
@@ -318,6 +317,27 @@ def _read_guard(pid_file: Path) -> tuple[int, int | None] | None:
         return int(info["pid"]), info.get("start_ticks")
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def playbook_arguments(job_vars: Path, inventory: str | Path | None, config_inventory: Path | None) -> list[str]:
+    """ansible-playbook's arguments for a job, in precedence order: role defaults < Fulcrum's agent configuration
+    (an inventory source of its own, group `all`) < the operator's inventory (a later source wins) < the job's
+    variables (extra vars)."""
+    args = ["-i", str(config_inventory)] if config_inventory is not None else []
+    if inventory:
+        args += ["-i", str(inventory)]
+    return [*args, "-e", f"@{job_vars}"]
+
+
+def write_config_inventory(folder: Path, settings: dict[str, Any]) -> Path:
+    """An inventory source carrying Fulcrum's agent configuration as group_vars/all (0600, data never templated),
+    so that the operator's inventory, given after it, overrides it. Returns the inventory file."""
+    (folder / "group_vars").mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_vars_file(folder / "group_vars" / "all.yml", settings)
+    hosts = folder / "hosts.yml"
+    _write_private(hosts, "# Fulcrum's agent configuration for this run; the hosts come from the operator's inventory\n"
+                          "all: {}\n")
+    return hosts
 
 
 def write_vars_file(path: Path, variables: dict[str, Any]) -> Path:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from agentkube.adapters.fulcrum_client import FulcrumClient, FulcrumError
-from agentkube.adapters.job_runner import write_vars_file
+from agentkube.adapters.job_runner import CONFIG_INVENTORY, playbook_arguments, write_config_inventory, write_vars_file
 from agentkube.adapters.project_roles import role_variables
 from agentkube.core import shipped
 from agentkube.core.job_vars import JobInputError, build_job_vars, job_secret_paths, resolve_vault
@@ -83,7 +83,7 @@ def run_job(args: argparse.Namespace) -> int:
         window = settings.tenancy.window() if settings else None
         validate = settings.tenancy.validate_spec if settings else True
         variables = build_job_vars(job, window, validate, settings.tenancy.limits if settings else None)
-        operator: dict = {}
+        operator: dict = {}  # Fulcrum's agent configuration, checked as the agent checks it
         if client is not None:
             project = settings.runner.project_dir if settings else project_dir()
             operator = operator_vars(client.get_me().get("configuration"), shipped.configuration_schema(),
@@ -92,28 +92,25 @@ def run_job(args: argparse.Namespace) -> int:
             variables = resolve_vault(variables, job_secret_paths(shipped.property_schema()), client.resolve_secret)
             operator = resolve_vault(operator, {(key,) for key in operator}, client.resolve_secret)
         args.out.mkdir(parents=True, exist_ok=True, mode=0o700)
-        files = [write_vars_file(args.out / "job-vars.yml", variables)]
-        if operator:  # first, as the agent passes them: the job's variables win
-            files.insert(0, write_vars_file(args.out / "operator-vars.yml", operator))
+        job_vars = write_vars_file(args.out / "job-vars.yml", variables)
+        config_inventory = write_config_inventory(args.out / CONFIG_INVENTORY, operator) if operator else None
     except (ConfigError, ConfigurationError, FulcrumError, JobInputError, OSError, ValueError, KeyError, TypeError,
             RecursionError) as e:
         print(f"agentkube render job: {e}", file=sys.stderr)
         return 1
-    for path in files:
-        print(f"wrote {path}", file=sys.stderr)
-    print(break_glass_command(settings, job.action, files))
+    print(f"wrote {job_vars}" + (f" and {config_inventory.parent}" if config_inventory else ""), file=sys.stderr)
+    print(break_glass_command(settings, job.action, job_vars, config_inventory))
     return 0
 
 
-def break_glass_command(settings: Settings | None, action: str, files: list[Path]) -> str:
+def break_glass_command(settings: Settings | None, action: str, job_vars: Path, config_inventory: Path | None) -> str:
     """The ansible-playbook command the agent would run, with absolute paths: it works from any folder."""
     project = settings.runner.project_dir if settings else project_dir()
     playbook = Path((settings.runner.action_map() if settings else {}).get(action, f"playbooks/{action}.yml"))
     inventory = settings.runner.inventory if settings and settings.runner.inventory else \
         project / "inventories" / "example"
-    ansible_playbook = Path(sys.executable).parent / "ansible-playbook"
-    argv = [f"ANSIBLE_CONFIG={project / 'ansible.cfg'}", str(ansible_playbook), "-i", str(Path(inventory).absolute()),
-            str(playbook if playbook.is_absolute() else project / playbook)]
-    for path in files:
-        argv += ["-e", f"@{path.absolute()}"]
-    return shlex.join(argv)
+    arguments = playbook_arguments(job_vars.absolute(), Path(inventory).absolute(),
+                                   config_inventory.absolute() if config_inventory else None)
+    ansible_playbook = Path(sys.executable).parent / "ansible-playbook"  # the agent's own
+    return shlex.join([f"ANSIBLE_CONFIG={project / 'ansible.cfg'}", str(ansible_playbook), *arguments,
+                       str(playbook if playbook.is_absolute() else project / playbook)])

@@ -572,8 +572,18 @@ class FulcrumState:
             tags = body.get("tags") or []
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
                 raise ApiError(400, "field 'tags' must be a list of strings")
+            configuration = _optional_obj(body, "configuration")
+            if configuration is not None:
+                # pkg/domain/agent.go agentCommander.Create: a given configuration goes through the agent config
+                # engine's ApplyCreate against the type's configurationSchema: unknown keys dropped, defaults
+                # filled, secrets moved to the vault (vault:// references), errors "configuration: ..." (400)
+                try:
+                    configuration = apply_create(self.agent_types[type_id].get("configurationSchema"),
+                                                 configuration, self._vault_put)
+                except PropertyValidationError as exc:
+                    raise _invalid(f"configuration: {exc}") from None
             now = self.clock()
-            agent = _Agent(_new_id(), name, provider_id, type_id, tags, _optional_obj(body, "configuration"), now, now)
+            agent = _Agent(_new_id(), name, provider_id, type_id, tags, configuration, now, now)
             agent.last_status_at = now  # pkg/domain/agent.go NewAgent: LastStatusUpdate = now
             self.agents[agent.id] = agent
             return self.agent_res(agent)
