@@ -44,6 +44,7 @@ STARTS_FROM = {"create": "New", "start": "Stopped", "stop": "Started", "delete":
 def lab(tmp_path_factory):
     with lifecycle_lab(tmp_path_factory.mktemp("idempotency") / "lab", kube=True, pve=True,
                        tcp_ready_delay=0.2) as lab:
+        record_parent_writes(lab)
         yield lab
 
 
@@ -87,11 +88,21 @@ def changed_tasks(lab: Lab, job_id: str) -> list[str]:
 
 
 # -- what the infrastructure looks like -------------------------------------------------------------------------
+PARENT_WRITES: dict[int, list[tuple[str, str]]] = {}  # id(lab) -> writes to the Kamaji parent
+
+
+def record_parent_writes(lab: Lab) -> None:
+    """Count every write to the parent but the agent's own leader-election Lease renewals (every retry period)."""
+    writes = PARENT_WRITES.setdefault(id(lab), [])
+    lab.kube.store.listeners.append(
+        lambda event, rtype, obj: writes.append((event, rtype.plural)) if rtype.plural != "leases" else None)
+
+
 def kamaji_state(lab: Lab, tenant: str) -> dict[str, Any]:
     tcp = lab.kube.get(*TCP_KIND, NAMESPACE, tenant)
     api = lab.kube.tenant(NAMESPACE, tenant)
     return {
-        "parent_rv": lab.kube.store.resource_version,
+        "parent_writes": len(PARENT_WRITES[id(lab)]),
         "tenant_rv": api.store.resource_version if api is not None else None,
         "tcp": None if tcp is None else {"resourceVersion": tcp["metadata"]["resourceVersion"],
                                          "generation": tcp["metadata"].get("generation"),
