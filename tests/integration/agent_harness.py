@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agentkube.agent.loop import Agent
+from agentkube.core.job_vars import is_core_id
 from agentkube.core.settings import Settings, load_settings
 from agentkube.lab.fulcrum_catalog import load_shipped
 from agentkube.lab.lab import Lab
@@ -109,20 +110,21 @@ AGENTKUBE = [sys.executable, "-m", "agentkube.cli"]
 
 
 class RunMonitor:
-    """Watches this machine's playbook runs from outside the agent: every run starts as an
-    agentkube.adapters.run_guard process whose --pid-file lies in <jobs dir>/<job id>/. Samples /proc until stopped
-    and records, per job, the guard pids seen, and every moment two guards of one job were alive at once."""
+    """Watches playbook runs from outside the agent: every run starts as an agentkube.adapters.run_guard process
+    whose --pid-file lies in <state dir>/jobs/<ident>/. Samples /proc until stopped and records, per job id (the
+    ident of a job run), the guard pids seen, and every moment two guards of one job were alive at once. Only runs
+    whose folder lies under `root` count: other agents on this machine (other tests) are not this test's."""
 
-    def __init__(self, interval: float = 0.05):
+    def __init__(self, root: Path, interval: float = 0.05):
+        self.root = Path(root).resolve()
         self.interval = interval
         self.runs: dict[str, set[int]] = {}          # job id -> guard pids seen
         self.overlaps: list[tuple[str, tuple[int, ...]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    @staticmethod
-    def guards() -> dict[int, str]:
-        """Live run guards: pid -> job id."""
+    def guards(self, jobs_only: bool = True) -> dict[int, str]:
+        """Live run guards under root (of job runs only, or of every run: metrics too): pid -> ident."""
         out = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -132,8 +134,9 @@ class RunMonitor:
             except OSError:
                 continue
             if b"agentkube.adapters.run_guard" in argv and b"--pid-file" in argv:
-                pid_file = Path(argv[argv.index(b"--pid-file") + 1].decode())
-                out[int(entry.name)] = pid_file.parent.name
+                run_dir = Path(argv[argv.index(b"--pid-file") + 1].decode()).parent
+                if run_dir.is_relative_to(self.root) and (is_core_id(run_dir.name) or not jobs_only):
+                    out[int(entry.name)] = run_dir.name
         return out
 
     def _watch(self) -> None:

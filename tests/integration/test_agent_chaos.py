@@ -64,7 +64,7 @@ def test_tenants_survive_an_agent_killed_at_random_moments(tmp_path, capsys):
 
         assert lab.catalog is not None
         agent = start()
-        with RunMonitor() as monitor:
+        with RunMonitor(tmp_path) as monitor:
             svcs = [lab.fulcrum.create_service(f"Chaos {i}", lab.catalog.service_type_id, lab.catalog.group_ids[i],
                                                lab.catalog.agent_id, SPEC) for i in range(TENANTS)]
             creates = [next(j for j in lab.fulcrum.jobs if j["serviceId"] == s["id"]) for s in svcs]
@@ -88,7 +88,7 @@ def test_tenants_survive_an_agent_killed_at_random_moments(tmp_path, capsys):
                         if r.path.endswith(f"/jobs/{job['id']}/complete") and 204 in (r.status, r.handled_status)]
             assert len(accepted) == 1, job
         assert monitor.overlaps == []
-        wait_for(lambda: not RunMonitor.guards(), 30, what="every run to end")
+        wait_for(lambda: not monitor.guards(jobs_only=False), 30, what="every run to end")
         assert lab.kube.list("kamaji.clastix.io/v1alpha1", "TenantControlPlane", "kamaji-tenants") == []
         assert lab.pve.call(lambda: [vm.vmid for vm in lab.pve.fake.vms if "tenant-" in str(vm.config.get("tags"))]) \
             == []

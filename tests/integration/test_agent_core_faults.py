@@ -139,7 +139,7 @@ def test_two_instances_on_one_token_with_the_claim_race_never_run_a_job_twice(tm
                                leadership=lease) for i in range(2)]
         jobs = [lab.fulcrum.request_action(svc["id"], "nap", {"sleep_s": 4}) for svc in svcs]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTKUBE_")}
-        with RunMonitor() as monitor:
+        with RunMonitor(tmp_path) as monitor:
             for i, config in enumerate(configs):
                 procs.append(subprocess.Popen([*AGENTKUBE, "run", "--config", str(config)], env=env,
                                               stdout=(tmp_path / f"agent-{i}.log").open("wb"),
@@ -161,7 +161,7 @@ def test_two_instances_on_one_token_with_the_claim_race_never_run_a_job_twice(tm
         assert monitor.overlaps == []
         assert all(completes(lab, j["id"]) == 1 for j in jobs)
         assert second != first
-        wait_for(lambda: not RunMonitor.guards(), 30, what="every run to end")
+        wait_for(lambda: not monitor.guards(jobs_only=False), 30, what="every run to end")
     finally:
         for p in procs:
             if p.poll() is None:
