@@ -132,6 +132,9 @@ class FakeRunner:
     def close(self) -> None:
         pass
 
+    def guard_of(self, ident: str) -> tuple[int, int | None] | None:
+        return None
+
 
 def make_agent(state_dir: Path, client: FakeClient, runner: FakeRunner, **agent: Any) -> Agent:
     settings = load_settings(overrides={

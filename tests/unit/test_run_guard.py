@@ -125,3 +125,16 @@ def test_a_canceled_run_leaves_no_worker_behind(tmp_path):
         cancel.set()
         run.join(60)
         runner.close()
+
+
+def test_a_guard_left_by_a_dead_agent_is_found_in_its_folder(tmp_path):
+    """The journal learns a run's guard at its first event; before that, only the pid file names it."""
+    runner = JobRunner(REPO, tmp_path / "jobs", Redactor())
+    try:
+        (tmp_path / "jobs" / "job-x").mkdir()
+        (tmp_path / "jobs" / "job-x" / "run-guard.json").write_text(json.dumps({"pid": 4242, "start_ticks": 7}))
+        assert runner.guard_of("job-x") == (4242, 7)
+        assert runner.guard_of("job-none") is None
+        assert runner.guard_of("../escape") is None
+    finally:
+        runner.close()

@@ -213,6 +213,13 @@ class JobRunner:
                        "duration_s": round(duration, 3)})
         return outcome
 
+    def guard_of(self, ident: str) -> tuple[int, int | None] | None:
+        """The guard a run of this ident recorded in its folder and never cleaned up (its agent died)."""
+        try:
+            return _read_guard(self.private_dir(ident) / GUARD_PID_FILE)
+        except UnsafeIdent:
+            return None
+
     # -- artifacts --------------------------------------------------------------------------------
     def _scrub_artifacts(self, pdir: Path) -> None:
         if not len(self.redactor):

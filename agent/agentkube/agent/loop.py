@@ -302,7 +302,8 @@ class Agent:
 
     def _take_over(self, job: Job) -> None:
         """Run a job claimed earlier again, after stopping a run of it that survived its agent."""
-        run = self.journal.run_of(job.id)
+        # the journal learns the guard at the run's first event; a run killed before that left only its pid file
+        run = self.journal.run_of(job.id) or self.runner.guard_of(job.id)
         if run is not None and stop_run(*run):
             log.warning("job %s: stopped a run (guard pid %d) that outlived the agent that started it", job.id, run[0])
         self.journal.record_claim(job)
