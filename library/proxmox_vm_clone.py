@@ -11,8 +11,8 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.proxmox_api import PveApiError, client_argument_spec, client_from_params
 from ansible.module_utils.proxmox_vm_allocation import AllocationError, Allocator
-from ansible.module_utils.proxmox_vm_config import IpPool, marker
-from ansible.module_utils.proxmox_vm_ops import Owner, VmGone, destroy
+from ansible.module_utils.proxmox_vm_config import IpPool, marker, parse_marker
+from ansible.module_utils.proxmox_vm_ops import Owner, VmGone, destroy, wait_unlocked
 
 DOCUMENTATION = r"""
 module: proxmox_vm_clone
@@ -22,9 +22,14 @@ description:
     pool, an address no VM of the cluster holds or claims. The clone request writes an ownership marker
     with the claimed address into the new VM's description, so the claim is visible at once.
   - Every clone UPID is awaited (OK or WARNINGS is success). Transient errors (storage/config lock
-    timeouts, locked template) are retried with backoff; a VMID collision (config file already exists)
-    is retried with a fresh id. Nothing else touches a VM here, and nothing touches it before its clone
-    task has finished.
+    timeouts, locked template) are retried with backoff; a VMID collision (config file already exists, or,
+    for an id held on another node, the clone task's `File exists`) is retried with a fresh id. A clone request
+    whose answer was lost (a timeout) is never simply sent again: the VM is looked for first, and adopted when it
+    is this service's clone of that name.
+  - With a static pool, the claims of concurrent clones are compared once every clone of the cluster shows its
+    config (a clone's config holds only its lock until its disk is copied); of two VMs claiming one address, the
+    lower vmid keeps it and the other claims a new one.
+  - Nothing else touches a VM here, and nothing touches it before its clone task has finished.
   - Why not community.proxmox.proxmox_kvm clone - it clones one VM per task invocation, waits with a
     30 s default and 1 s polling, and neither bounds concurrency per storage nor retries collisions.
 options:
@@ -78,25 +83,84 @@ class Cloner:
                     data["storage"] = self.p["storage"]
                 if self.p["resource_pool"]:
                     data["pool"] = self.p["resource_pool"]
-                try:
-                    upid = self.client.retrying(lambda d=data: self.client.post(src, **d))
-                except PveApiError as e:
-                    if e.vmid_taken:
-                        self.alloc.mark_vmid_taken(vmid)
-                        continue
-                    raise PveApiError(e.status, f"clone of {vm['name']} failed: {e.message}") from None
+                done = {"name": vm["name"], "pool": vm.get("pool", ""), "vmid": vmid, "node": target, "ip": ip}
+                outcome, upid = self._post_clone(src, data, vm["name"])
+                if outcome == "ours":  # an earlier answer was lost, but the clone was made: it is this one
+                    self._wait_adopted(vmid, vm["name"])
+                    return dict(done, node=self._node_of(vmid, target))
+                if outcome == "taken":
+                    self.alloc.mark_vmid_taken(vmid)
+                    continue
                 try:
                     self.client.wait_task(self.p["template_node"], upid)
                 except PveApiError as e:
-                    if not (e.transient or e.vmid_taken):
+                    if e.vmid_taken:
+                        # Held on another node (the error comes from inside the task); PVE removed the
+                        # temporary config itself, and the id is someone else's: nothing of ours to remove.
+                        self.alloc.mark_vmid_taken(vmid)
+                        continue
+                    if not e.transient:
                         raise PveApiError(e.status, f"clone of {vm['name']} ({vmid}) failed: {e.message}") from None
                     # The task failed late: remove what is left of it, then retry with a fresh id.
                     self.alloc.mark_vmid_taken(vmid)
                     self._remove_leftover(vmid, vm["name"])
                     time.sleep(self.client.retry_delay)
                     continue
-                return {"name": vm["name"], "pool": vm.get("pool", ""), "vmid": vmid, "node": target, "ip": ip}
+                return done
         raise PveApiError(0, f"clone of {vm['name']}: no VMID worked after {MAX_VMID_ATTEMPTS} attempts")
+
+    def _post_clone(self, src: str, data: dict, name: str) -> tuple[str, str]:
+        """POST the clone once, and again only when that is safe: ("started", upid), ("taken", "") when the id
+        belongs to another VM, ("ours", "") when a request whose answer was lost did make our clone.
+        A clone POST is not idempotent: after an unanswered request (a timeout) the VM is looked for first; an
+        error the server answered (a lock timeout, no quorum) started nothing and is retried with backoff."""
+        vmid = int(data["newid"])
+        unanswered = False
+        attempt = 0
+        while True:
+            try:
+                return "started", self.client.post(src, **data)
+            except PveApiError as e:
+                if e.vmid_taken:
+                    if unanswered and self._look_for(vmid, name, grace=0) == "ours":
+                        return "ours", ""
+                    return "taken", ""
+                if e.unanswered:
+                    unanswered = True
+                    found = self._look_for(vmid, name, grace=max(5.0, 10 * self.client.retry_delay))
+                    if found:
+                        return found, ""
+                elif not e.transient:
+                    raise PveApiError(e.status, f"clone of {name} failed: {e.message}") from None
+                attempt += 1
+                if attempt > self.client.retries:
+                    raise PveApiError(e.status, f"clone of {name} failed: {e.message}") from None
+                time.sleep(self.client.retry_delay * (2 ** (attempt - 1)))
+
+    def _look_for(self, vmid: int, name: str, grace: float) -> str:
+        """After a clone request without an answer: "ours" when VM `vmid` exists and, once its clone lock is gone,
+        is named `name` with this service's marker; "taken" when it is another VM; "" when it did not appear
+        within `grace` seconds (the request was not done: it may be sent again)."""
+        deadline = time.monotonic() + grace
+        while self.client.find_vm(vmid) is None:  # the VMID list is live (pmxcfs' vmlist)
+            if time.monotonic() > deadline:
+                return ""
+            time.sleep(0.1)
+        try:
+            entry = wait_unlocked(self.client, vmid, None, self.client.task_timeout)
+            config = self.client.vm_config(entry["node"], vmid)
+        except VmGone:
+            return ""  # the clone failed and PVE removed it: nothing was made
+        mark = parse_marker(config.get("description"))
+        ours = config.get("name") == name and bool(mark) and mark["service"] == self.p["service_id"]
+        return "ours" if ours else "taken"
+
+    def _wait_adopted(self, vmid: int, name: str) -> None:
+        wait_unlocked(self.client, vmid, name, self.client.task_timeout)
+
+    def _node_of(self, vmid: int, default: str) -> str:
+        entry = self.client.find_vm(vmid)
+        return entry["node"] if entry else default
 
     def _remove_leftover(self, vmid: int, name: str) -> None:
         with contextlib.suppress(PveApiError, VmGone):
@@ -109,6 +173,9 @@ class Cloner:
         if self.p["ip_mode"] != "static" or not created:
             return
         for _ in range(5):
+            # Claims of clones still copying are invisible (their config is only `lock: clone`): wait for them
+            # before comparing, so every run decides on the same claims (the lower vmid keeps an address).
+            self.alloc.wait_claims_visible(self.client.task_timeout)
             self.alloc.refresh()
             lost = self.alloc.conflicts({c["vmid"]: c["ip"] for c in created})
             if not lost:

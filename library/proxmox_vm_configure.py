@@ -23,7 +23,7 @@ from ansible.module_utils.proxmox_vm_ops import VmGone, wait_unlocked
 
 DOCUMENTATION = r"""
 module: proxmox_vm_configure
-short_description: Converge sizing, tags and cloud-init (ciuser, sshkeys, ipconfig0, nameserver, ciupgrade=0)
+short_description: Converge sizing, tags, onboot=1 and cloud-init (ciuser, sshkeys, ipconfig0, nameserver, ciupgrade=0)
 description:
   - Reads every VM's config first and fails, naming the VM and the sizes, if a disk would have to
     shrink - before anything is changed.
@@ -69,7 +69,8 @@ def net0_value(current: str, bridge: str, vlan: int) -> str:
 
 
 def wanted_changes(vm: dict, config: dict, p: dict) -> dict:
-    want = {"cores": str(vm["cores"]), "memory": str(vm["memory"]), "tags": join_tags(vm["tags"])}
+    # onboot=1: the workers come back after a host reboot.
+    want = {"cores": str(vm["cores"]), "memory": str(vm["memory"]), "tags": join_tags(vm["tags"]), "onboot": "1"}
     if p["cloud_init"]:
         mark = parse_marker(config.get("description"))
         ip = vm.get("ip") or (mark["ip"] if mark and mark["ip"] != "dhcp" else "")

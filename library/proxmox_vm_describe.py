@@ -82,10 +82,18 @@ def main():
 
     def describe(vm):
         vmid = int(vm["vmid"])
-        entry = cluster.get(vmid)
-        if entry is None or entry.get("name") != vm["name"]:
+        entry = cluster.get(vmid)  # the node; name and status there lag behind (pvestatd): read them live
+        if entry is None:
             return None
-        config = client.retrying(lambda: client.vm_config(entry["node"], vmid))
+        try:
+            config = client.retrying(lambda: client.vm_config(entry["node"], vmid))
+            entry = dict(entry, status=client.retrying(lambda: client.vm_status(entry["node"], vmid)).get("status"))
+        except PveApiError as e:
+            if e.missing:
+                return None
+            raise
+        if config.get("name") != vm["name"]:
+            return None
         ip = ip_of_ipconfig(config.get("ipconfig0")) or ""
         if p["ip_mode"] == "static" and not ip:
             claims = sorted(claimed_ips(config))

@@ -17,7 +17,8 @@ short_description: Plan worker VMs from the tenant's node pools and the VMs the 
 description:
   - Names come from agentkube.core.naming.node_name (the one derivation every layer uses).
   - Scale down removes the highest indices of a pool; pools no longer in the spec are removed whole;
-    of two VMs with one name (a duplicate), the lowest vmid is kept.
+    of two VMs with one name (a duplicate), the configured one is kept (then a running one, then the lowest
+    vmid); the other is removed.
 options:
   tenant: {description: Tenant name., type: str, required: true}
   service_id: {description: Fulcrum service id., type: str, required: true}
@@ -47,7 +48,10 @@ def desired_vms(tenant: str, service_id: str, owner: str, pools: list[dict]) -> 
 
 
 def plan(p: dict) -> dict:
-    owned = sorted(p["owned"], key=lambda v: (v["name"], int(v["vmid"])))
+    # Of two VMs with one name, the one kept is the configured one (tagged, cloud-init written), then a running
+    # one, then the lowest vmid: an orphan of an interrupted run (cloned, never configured) is the one removed.
+    owned = sorted(p["owned"], key=lambda v: (v["name"], not v.get("configured", v.get("tagged", False)),
+                                              v.get("status") != "running", int(v["vmid"])))
     by_name: dict[str, dict] = {}
     duplicates = []
     for vm in owned:

@@ -25,8 +25,11 @@ TRANSIENT_MARKERS = (
     "cluster not ready - no quorum",
     "try again",
 )
-# A clone target id that is already taken (nextid race or another tenant): retry with a fresh id.
-VMID_TAKEN_MARKERS = ("config file already exists", "already exists on node")
+# A clone target id that is already taken (nextid race or another tenant): retry with a fresh id. On the node the
+# clone was asked on, clone_vm's early check answers `config file already exists` (qemu-server
+# src/PVE/API2/Qemu.pm); an id held on another node passes it and fails inside the clone task, when pmxcfs refuses
+# the temporary config (pve-common src/PVE/File.pm: `close (rename) atomic file '...' failed: File exists`).
+VMID_TAKEN_MARKERS = ("config file already exists", "already exists on node", "failed: File exists")
 
 
 class PveApiError(Exception):
@@ -49,6 +52,11 @@ class PveApiError(Exception):
             503,
             595,
         )
+
+    @property
+    def unanswered(self) -> bool:
+        """No answer came back (a timeout, a dropped connection): the server may have done the request."""
+        return self.status == 503 and self.message.startswith("connection error")
 
     @property
     def vmid_taken(self) -> bool:

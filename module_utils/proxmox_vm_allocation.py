@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 
 from ansible.module_utils.proxmox_api import PveApiError
 from ansible.module_utils.proxmox_vm_config import IpPool, claimed_ips
@@ -54,6 +55,30 @@ class Allocator:
             self.used_vmids = {int(v["vmid"]) for v in vms}
             self.ip_claims = claims
         return self
+
+    def wait_claims_visible(self, timeout: float) -> None:
+        """Wait (up to `timeout` seconds) until no VM of the cluster is a clone still copying its disks: its config
+        holds only `lock: clone` until then (qemu-server src/PVE/API2/Qemu.pm clone_vm), so its address claim
+        cannot be seen. The lock is live in /cluster/resources; the config tells whether the claim is written."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            hidden = []
+            for vm in self.client.cluster_vms():
+                if vm.get("lock") != "clone":
+                    continue
+                try:
+                    config = self.client.vm_config(vm["node"], vm["vmid"])
+                except PveApiError as e:
+                    if e.missing:
+                        continue
+                    raise
+                if not config.get("name"):
+                    hidden.append(int(vm["vmid"]))
+            if not hidden or time.monotonic() > deadline:
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
 
     def next_vmid(self) -> int:
         with self._lock:

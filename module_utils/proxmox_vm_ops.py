@@ -55,12 +55,27 @@ def require_owned(client, vm: dict, owner: Owner) -> dict:
 
 
 def locate(client, vmid: int, name: str | None = None) -> dict:
-    """The VM's cluster entry (its node may have changed by migration); VmGone if it no longer exists,
-    or if the id now belongs to a VM with another name (never act on someone else's VM)."""
+    """The VM's cluster entry (its node may have changed by migration, its `lock` is live) with its name read from
+    its own config; VmGone if it no longer exists, or if the id now belongs to a VM with another name (never act
+    on someone else's VM). /cluster/resources serves only as the list of VMIDs and nodes: its `name` and `status`
+    come from pvestatd's broadcast, up to a cycle old (pve-manager PVE/API2Tools.pm extract_vm_stats).
+    A clone still copying its disks has no name yet (its config is only `lock: clone`): it is returned with its
+    lock and no name, for the caller to wait on."""
     vm = client.find_vm(vmid)
-    if vm is None or (name and vm.get("name") != name):
+    if vm is None:
         raise VmGone(vmid)
-    return vm
+    try:
+        config = client.retrying(lambda: client.vm_config(vm["node"], vmid))
+    except PveApiError as e:
+        if e.missing:
+            raise VmGone(vmid) from None
+        raise
+    own_name = config.get("name")
+    if own_name is None and config.get("lock"):
+        return dict(vm, name=None, lock=config["lock"])
+    if name and own_name != name:
+        raise VmGone(vmid)
+    return dict(vm, name=own_name, lock=config.get("lock") or vm.get("lock") or "")
 
 
 def wait_unlocked(client, vmid: int, name: str | None, timeout: float) -> dict:
@@ -77,9 +92,29 @@ def wait_unlocked(client, vmid: int, name: str | None, timeout: float) -> dict:
         delay = min(delay * 1.5, 2.0)
 
 
-def start(client, vm: dict, attempts: int, delay: float, *, owner: Owner) -> bool:
-    """Start a stopped VM of the service; a failed start task is retried `attempts` times. True if it was
-    started."""
+def wait_power(client, vm: dict, want: str, timeout: float) -> dict:
+    """Poll status/current until the VM is `want` (running|stopped); returns that status, or the last one seen
+    after `timeout` seconds. An HA-managed VM's start and stop tasks (hastart/hastop) end as soon as the request
+    is queued; the HA manager changes the state later (qemu-server src/PVE/API2/Qemu.pm vm_start/vm_stop,
+    pve-ha-manager), so the task's end says nothing about the VM."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        status = client.retrying(lambda: client.vm_status(vm["node"], vm["vmid"]))
+        if status.get("status") == want or time.monotonic() > deadline:
+            return status
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+
+
+def ha_managed(status: dict) -> bool:
+    return bool((status.get("ha") or {}).get("managed"))
+
+
+def start(client, vm: dict, attempts: int, delay: float, *, owner: Owner, state_timeout: float = 300) -> bool:
+    """Start a stopped VM of the service and wait until status/current says running (an HA-managed VM's start
+    is a request the HA manager carries out later); a failed start task is retried `attempts` times. True if it
+    was started."""
     base = f"/nodes/{vm['node']}/qemu/{vm['vmid']}"
     status = client.retrying(lambda: client.vm_status(vm["node"], vm["vmid"]))
     if status.get("status") == "running":
@@ -89,7 +124,6 @@ def start(client, vm: dict, attempts: int, delay: float, *, owner: Owner) -> boo
     while True:
         try:
             client.retrying(lambda: client.run_task("POST", base + "/status/start", vm["node"]))
-            return True
         except PveApiError as e:
             tries += 1
             if "already running" in e.message:
@@ -97,10 +131,18 @@ def start(client, vm: dict, attempts: int, delay: float, *, owner: Owner) -> boo
             if tries > attempts:
                 raise PveApiError(e.status, f"start of {vm.get('name')} ({vm['vmid']}) failed: {e.message}") from None
             time.sleep(delay * (2 ** (tries - 1)))
+            continue
+        now = wait_power(client, vm, "running", state_timeout)
+        if now.get("status") != "running":
+            raise PveApiError(0, f"start of {vm.get('name')} ({vm['vmid']}): still {now.get('status')} after "
+                                 f"{state_timeout}s" + (" (HA-managed: see ha-manager status)"
+                                                        if ha_managed(now) else ""))
+        return True
 
 
-def stop(client, vm: dict, shutdown_timeout: int, *, owner: Owner) -> bool:
-    """Graceful ACPI shutdown with a timeout, then a hard stop, of a VM of the service. True if the VM was
+def stop(client, vm: dict, shutdown_timeout: int, *, owner: Owner, state_timeout: float = 300) -> bool:
+    """Graceful ACPI shutdown with a timeout, then a hard stop, of a VM of the service, each followed by a wait
+    for status/current to say stopped (HA-managed VMs stop when the HA manager gets to it). True if the VM was
     running."""
     base = f"/nodes/{vm['node']}/qemu/{vm['vmid']}"
     status = client.retrying(lambda: client.vm_status(vm["node"], vm["vmid"]))
@@ -111,16 +153,26 @@ def stop(client, vm: dict, shutdown_timeout: int, *, owner: Owner) -> bool:
         # The task itself gives up at `timeout` (PVE seconds); allow it that long plus the usual task wait.
         client.retrying(lambda: client.run_task(
             "POST", base + "/status/shutdown", vm["node"], {"timeout": shutdown_timeout, "forceStop": 0}))
+        stopped = wait_power(client, vm, "stopped", shutdown_timeout + state_timeout).get("status") == "stopped"
     except PveApiError:
+        stopped = False
+    if not stopped:
         # The guest did not power off in time (or the shutdown failed): hard stop, still only the service's VM.
         require_owned(client, vm, owner)
         client.retrying(lambda: client.run_task("POST", base + "/status/stop", vm["node"]))
+        now = wait_power(client, vm, "stopped", state_timeout)
+        if now.get("status") != "stopped":
+            raise PveApiError(0, f"stop of {vm.get('name')} ({vm['vmid']}): still {now.get('status')} after "
+                                 f"{state_timeout}s")
     return True
 
 
 def destroy(client, vmid: int, name: str, shutdown_timeout: int, lock_timeout: float, *, owner: Owner) -> bool:
-    """Stop, then delete with purge, a VM of the service. A VM that is already gone is success (returns False);
-    one that is not the service's raises NotOwned before anything is done to it."""
+    """Stop (and wait until status/current says stopped), then delete with purge, a VM of the service. purge=1
+    also takes an HA-managed VM out of the HA resources, inside the destroy task before its config goes
+    (qemu-server src/PVE/API2/Qemu.pm destroy_vm: without purge an HA resource cannot be destroyed; Sys.Console
+    on / for the HA API is not needed). A VM that is already gone is success (returns False); one that is not the
+    service's raises NotOwned before anything is done to it."""
     try:
         vm = wait_unlocked(client, vmid, name, lock_timeout)
         stop(client, vm, shutdown_timeout, owner=owner)  # checks ownership itself when the VM runs

@@ -60,7 +60,7 @@ def lab_with(tmp_path_factory, name: str, **realism) -> PveLab:
 def lagging(tmp_path_factory):
     # A pvestatd cycle far longer than a test: each test runs the cycles itself (cycle()), so what the API
     # shows between two of them is certain.
-    lab = lab_with(tmp_path_factory, "pve-lag", status_period=10**6, two_step_clone=True, cross_node_collision=True)
+    lab = lab_with(tmp_path_factory, "pve-lag", status_period=3600.0, two_step_clone=True, cross_node_collision=True)
     yield Api(lab)
     lab.stop()
 
@@ -181,14 +181,14 @@ def test_ha_resources_api_add_and_delete(ha):
 
 
 def test_least_privileged_token_holds_exactly_the_documented_privileges(tmp_path):
-    lab = PveLab(tmp_path, time_scale=SCALE, realistic=True).start()
+    lab = PveLab(tmp_path, time_scale=SCALE, realism=Realism.realistic(status_period=0.2)).start()
     try:
         api = Api(lab)
         held = api.ok("GET", "/access/permissions")
         assert set(held["/vms"]) >= {"VM.Audit", "VM.Clone", "VM.Allocate", "VM.Config.Cloudinit", "VM.PowerMgmt"}
         assert "/" not in held  # nothing cluster-wide: no Sys.Audit, no Sys.Console
         assert api.task("pve1", api.clone(4120, "lp-a-0"))["exitstatus"] == "OK"
-        wait_until(lambda: (api.resource(4120) or {}).get("name") == "lp-a-0")  # pvestatd's periodic cycle
+        wait_until(lambda: (api.resource(4120) or {}).get("name") == "lp-a-0")  # pvestatd's cycle (0.2 s here)
         # Cloud-init options need VM.Config.Cloudinit (qemu-server), not VM.Config.HWType.
         upid = api.ok("POST", "/nodes/pve1/qemu/4120/config", ciuser="agentkube", ipconfig0="ip=dhcp", onboot=1)
         assert api.task("pve1", upid)["exitstatus"] == "OK"
@@ -199,3 +199,25 @@ def test_least_privileged_token_holds_exactly_the_documented_privileges(tmp_path
         assert api.task("pve1", upid)["exitstatus"] == "Permission check failed (/vms/4120, VM.Config.HWType)"
     finally:
         lab.stop()
+
+
+def test_the_role_readme_documents_exactly_the_lab_tokens_privileges():
+    """The lab's least-privileged token and roles/proxmox_vm/README.md's privilege table are one list."""
+    import re
+    from pathlib import Path
+
+    from agentkube.lab.pve_realism import role_privileges
+
+    readme = (Path(__file__).resolve().parents[2] / "roles" / "proxmox_vm" / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| ") and "`" in line]
+    documented: dict[str, set[str]] = {}
+    path = ""
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == "ACL path":
+            continue  # the header
+        if cells[0]:
+            path = cells[0].split("`")[1]
+        documented.setdefault(path, set()).update(re.findall(r"`((?:VM|Datastore|SDN|Sys)\.[A-Za-z.]+)`", cells[1]))
+    lab = role_privileges("<proxmox_vm_storage>", "<proxmox_vm_bridge>")
+    assert documented == {p: set(privs) for p, privs in lab.items()}

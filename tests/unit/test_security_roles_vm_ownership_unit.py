@@ -65,10 +65,14 @@ class FakeClient:
         return {"status": self.status}
 
     def vm_config(self, node, vmid):
-        return dict(self.config)
+        return {"name": "shop-abc123-default-0", **self.config}
 
     def run_task(self, method, path, node, data=None, timeout=None):
         self.writes.append((method, path))
+        if path.endswith(("/status/shutdown", "/status/stop")):
+            self.status = "stopped"
+        elif path.endswith("/status/start"):
+            self.status = "running"
         return "UPID:ok"
 
 

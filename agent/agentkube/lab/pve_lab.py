@@ -161,11 +161,15 @@ def _lab_fake_class():
                 rrd[vm.vmid] = entry
             self.__dict__["_lab_rrd"] = rrd
 
-        async def lab_pvestatd(self, period: float) -> None:
-            """pvestatd: a broadcast every `period` PVE seconds, the first one a cycle after start (its
-            `$cycle` skips the update right after startup; the lab primes the templates' entries at start)."""
+        async def lab_pvestatd(self, period: float, wall_clock: bool = True) -> None:
+            """pvestatd: a broadcast every `period` seconds (wall-clock, or PVE seconds), the first one a cycle
+            after start (its `$cycle` skips the update right after startup; the lab primes the templates' entries
+            at start)."""
             while True:
-                await self.pause(period)
+                if wall_clock:
+                    await asyncio.sleep(period)
+                else:
+                    await self.pause(period)
                 self.lab_broadcast()
 
         async def _resources(self, request):
@@ -200,6 +204,11 @@ def _lab_fake_class():
                 if self.realism.ha_managed:
                     self._lab_after_task(upid, lambda: self.lab_ha_add(newid, "stopped")
                                          if self.vm(newid) is new else None)
+            lost = self.__dict__.get("_lab_lost_clone_answers")
+            if lost and lost[0] > 0:
+                # The fault "the answer is lost": the clone was forked, the client hears nothing (times out).
+                lost[0] -= 1
+                await asyncio.sleep(lost[1])
             return upid
 
         async def _lab_clone_elsewhere(self, v, user):
@@ -475,7 +484,8 @@ class PveLab:
             self.port = fake.port
             if self.realism.status_period:
                 fake.lab_broadcast()  # the templates are known to pvestatd already
-                self._pvestatd = loop.create_task(fake.lab_pvestatd(self.realism.status_period))
+                self._pvestatd = loop.create_task(
+                    fake.lab_pvestatd(self.realism.status_period, self.realism.status_wall_clock))
             ready.set()
             loop.run_forever()
             if self._pvestatd:
@@ -517,6 +527,11 @@ class PveLab:
             return result
 
         return asyncio.run_coroutine_threadsafe(invoke(), self._loop).result(timeout)
+
+    def lose_clone_answers(self, times: int, hang: float = 5.0) -> None:
+        """The next `times` clone requests are carried out, but their answers come only after `hang` wall-clock
+        seconds: a client with a shorter timeout never hears that its clone was started."""
+        self.call(lambda: self.fake.__dict__.__setitem__("_lab_lost_clone_answers", [times, hang]))
 
     @property
     def url(self) -> str:
@@ -572,8 +587,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vars-file", required=True)
     parser.add_argument("--pidfile", help="written once the lab serves; removed on exit")
     parser.add_argument("--time-scale", type=float, default=0.01)
+    parser.add_argument("--realistic", action="store_true",
+                        help="behave like a real cluster (pve_realism.py): lag, two-step clones, HA, least privilege")
     args = parser.parse_args(argv)
-    lab = PveLab(args.state_dir, time_scale=args.time_scale).start()
+    lab = PveLab(args.state_dir, time_scale=args.time_scale, realistic=args.realistic).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

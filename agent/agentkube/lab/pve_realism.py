@@ -4,9 +4,10 @@ Each rule is transcribed from Proxmox's own sources (cited beside it; nothing is
 default (`Realism()`), so existing callers keep fakepve's behaviour and speed; `Realism.realistic()` (what
 `PveLab(realistic=True)` uses) turns them all on:
 
-- `status_period` (PVE seconds, None = off): pvestatd's lag. `/cluster/resources` takes `name`, `status`,
-  `template`, `uptime` and the usage fields from the status broadcast that pvestatd refreshes every 10 s
-  (pve-manager `PVE/Service/pvestatd.pm`: `$updatetime = 10`, `update_qemu_status` -> `broadcast_rrd`);
+- `status_period` (seconds, None = off; wall-clock unless `status_wall_clock=False`): pvestatd's lag.
+  `/cluster/resources` takes `name`, `status`, `template`, `uptime` and the usage fields from the status
+  broadcast that pvestatd refreshes every 10 s (pve-manager `PVE/Service/pvestatd.pm`: `$updatetime = 10`,
+  `update_qemu_status` -> `broadcast_rrd`);
   `PVE/API2Tools.pm` `extract_vm_stats` answers `status: unknown` and no name for a VM the broadcast does not
   know yet. The VM list itself, `node`, and `lock`/`tags` are live (`PVE/API2/Cluster.pm` resources:
   `get_vmlist`, `get_guest_config_properties([lock tags])`). The broadcast is keyed by VMID only, so a VMID
@@ -73,6 +74,9 @@ class Realism:
     """Which real-cluster behaviours the lab's FakePve shows; everything off by default."""
 
     status_period: float | None = None
+    # pvestatd's period is wall-clock time: the lab's simulated seconds run time_scale times faster, but
+    # Ansible's own pace between two API calls does not, so a scaled period would hide the lag from the roles.
+    status_wall_clock: bool = True
     two_step_clone: bool = False
     cross_node_collision: bool = False
     ha_managed: bool = False
@@ -80,8 +84,8 @@ class Realism:
 
     @classmethod
     def realistic(cls, status_period: float = 10.0) -> Realism:
-        return cls(status_period=status_period, two_step_clone=True, cross_node_collision=True,
-                   ha_managed=True, least_privilege=True)
+        return cls(status_period=status_period, status_wall_clock=True, two_step_clone=True,
+                   cross_node_collision=True, ha_managed=True, least_privilege=True)
 
     @property
     def any(self) -> bool:
