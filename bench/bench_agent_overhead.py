@@ -28,7 +28,7 @@ from agentkube.agent.loop import Agent  # noqa: E402
 from agentkube.core.job_vars import build_job_vars  # noqa: E402
 from agentkube.core.jobs import Job  # noqa: E402
 from agentkube.core.settings import load_settings  # noqa: E402
-from agentkube.lab.lab import Lab  # noqa: E402
+from agentkube_lab.lab import Lab  # noqa: E402
 
 SPEC = {"kubernetesVersion": "v1.35.7", "nodePools": [{"name": "default", "count": 1}]}
 

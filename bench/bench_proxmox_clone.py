@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "agent"))
 
-from agentkube.lab.pve_lab import PveLab  # noqa: E402
+from agentkube_lab.pve_lab import PveLab  # noqa: E402
 
 
 def create(lab: PveLab, workdir: Path, tenant: str, count: int) -> float:

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from agent_harness import PLAYBOOKS, new_service, service_type_with, settings_for
 
 from agentkube.agent.loop import Agent
-from agentkube.lab.lab import Lab
+from agentkube_lab.lab import Lab
 
 
 def test_agent_conversation_matches_the_openapi_contract(tmp_path):

@@ -12,8 +12,8 @@ import pytest
 import requests
 from openapi_contract import contracts_dir, validate_request, validate_response
 
-from agentkube.lab.certs import LabCA
-from agentkube.lab.fulcrum_emulator import FulcrumEmulator
+from agentkube_lab.certs import LabCA
+from agentkube_lab.fulcrum_emulator import FulcrumEmulator
 
 pytestmark = pytest.mark.contract
 

@@ -15,8 +15,8 @@ from typing import Any
 from agentkube.agent.loop import Agent
 from agentkube.core.job_vars import is_core_id
 from agentkube.core.settings import Settings, load_settings
-from agentkube.lab.fulcrum_catalog import load_shipped
-from agentkube.lab.lab import Lab
+from agentkube_lab.fulcrum_catalog import load_shipped
+from agentkube_lab.lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = REPO / "tests" / "playbooks"

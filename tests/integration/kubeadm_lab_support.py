@@ -15,10 +15,10 @@ import ansible_runner
 import pytest
 import yaml
 
-from agentkube.lab.kube_emulator import KubeEmulator
-from agentkube.lab.kube_tenant import TenantApi
-from agentkube.lab.kubeadm_emulator import install_into_rootfs
-from agentkube.lab.lab import rootfs_cache
+from agentkube_lab.kube_emulator import KubeEmulator
+from agentkube_lab.kube_tenant import TenantApi
+from agentkube_lab.kubeadm_emulator import install_into_rootfs
+from agentkube_lab.lab import rootfs_cache
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_ROOTFS = REPO / "roles/kubeadm_node/molecule/default/build_rootfs.sh"

@@ -1,5 +1,5 @@
 """A metrics lab for tests and bench/bench_metrics.py: the Fulcrum emulator (shipped catalog), the Kamaji
-parent cluster emulator and the fakepve lab, started directly (not through agentkube.lab.lab), filled with
+parent cluster emulator and the fakepve lab, started directly (not through agentkube_lab.lab), filled with
 tenants through the emulators' Python APIs, and an inventory that points playbooks/metrics.yml at them."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Any
 import yaml
 
 from agentkube.core.settings import Settings, load_settings
-from agentkube.lab.certs import LabCA
-from agentkube.lab.fulcrum_catalog import Catalog, register_catalog
-from agentkube.lab.fulcrum_emulator import FulcrumEmulator
-from agentkube.lab.kube_emulator import KubeEmulator
-from agentkube.lab.pve_lab import VM_STORAGE, PveLab
+from agentkube_lab.certs import LabCA
+from agentkube_lab.fulcrum_catalog import Catalog, register_catalog
+from agentkube_lab.fulcrum_emulator import FulcrumEmulator
+from agentkube_lab.kube_emulator import KubeEmulator
+from agentkube_lab.pve_lab import VM_STORAGE, PveLab
 
 NAMESPACE = "kamaji-tenants"
 TCP_API = "kamaji.clastix.io/v1alpha1"

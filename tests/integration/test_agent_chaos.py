@@ -17,7 +17,7 @@ import pytest
 import yaml
 from agent_harness import AGENTKUBE, RunMonitor, agent_config, wait_for
 
-from agentkube.lab.lab import Lab
+from agentkube_lab.lab import Lab
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import subprocess
 
 from agent_harness import AGENTKUBE, STUB_ACTIONS, new_service
 
-from agentkube.lab.lab import Lab
+from agentkube_lab.lab import Lab
 
 
 def _env(lab: Lab, tmp_path, token: str) -> dict:

@@ -24,7 +24,7 @@ from agent_harness import (
 )
 
 from agentkube.agent.loop import Agent
-from agentkube.lab.lab import Lab
+from agentkube_lab.lab import Lab
 
 pytestmark = pytest.mark.integration
 

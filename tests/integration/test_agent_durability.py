@@ -25,7 +25,7 @@ from agent_harness import (
 )
 
 from agentkube.agent.loop import Agent
-from agentkube.lab.lab import Lab
+from agentkube_lab.lab import Lab
 
 CANARY = "CANARY-9f8e7d6c5b4a-secret"
 VAULT_CANARY = "VAULT-CANARY-0a1b2c3d4e5f"

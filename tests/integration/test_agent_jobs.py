@@ -15,7 +15,7 @@ from agent_harness import (
 )
 
 from agentkube.agent.loop import Agent
-from agentkube.lab.lab import Lab
+from agentkube_lab.lab import Lab
 
 
 @pytest.fixture

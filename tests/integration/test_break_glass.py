@@ -12,7 +12,7 @@ from pathlib import Path
 
 from agent_harness import AGENTKUBE
 
-from agentkube.lab.lab import Lab
+from agentkube_lab.lab import Lab
 
 NAMESPACE = "kamaji-tenants"
 

@@ -19,7 +19,7 @@ from agent_harness import job_done, lifecycle_lab, wait_for
 
 from agentkube.core.naming import tenant_name
 from agentkube.core.shipped import load_shipped
-from agentkube.lab.lab import Lab
+from agentkube_lab.lab import Lab
 
 pytestmark = pytest.mark.integration
 

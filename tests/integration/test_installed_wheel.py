@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,11 @@ def installed(tmp_path_factory) -> Path:
     """The wheel built from this checkout, installed (without dependencies: this virtualenv has them) into a
     folder of its own, which comes first on PYTHONPATH."""
     root = tmp_path_factory.mktemp("wheel")
+    leftover = not (REPO / "build").exists()  # setuptools builds in the source tree: leave it as it was
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(root / "dist"),
                             str(REPO)], capture_output=True, text=True, timeout=600)
+    if leftover:
+        shutil.rmtree(REPO / "build", ignore_errors=True)
     assert build.returncode == 0, build.stderr
     (wheel,) = (root / "dist").glob("agentkube_kamaji-*.whl")
     target = root / "site"

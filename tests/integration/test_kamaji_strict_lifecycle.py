@@ -10,7 +10,7 @@ import pytest
 import yaml
 from test_kamaji_tcp_role import NAMESPACE, Tenant, version_status
 
-from agentkube.lab.kube_emulator import KubeEmulator
+from agentkube_lab.kube_emulator import KubeEmulator
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The kamaji_tcp role against the lab's Kamaji parent cluster (agentkube.lab.kube_emulator.KubeEmulator):
+"""The kamaji_tcp role against the lab's Kamaji parent cluster (agentkube_lab.kube_emulator.KubeEmulator):
 ansible-playbook with kubernetes.core over HTTPS, the same way the agent and operators run it."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from agentkube.core.naming import tenant_name
 from agentkube.core.tcp_manifest import TcpSettings, render_tcp
 from agentkube.core.tenant_spec import validate_tenant_spec
 
-kube_emulator = pytest.importorskip("agentkube.lab.kube_emulator", reason="the Kubernetes/Kamaji emulator")
+kube_emulator = pytest.importorskip("agentkube_lab.kube_emulator", reason="the Kubernetes/Kamaji emulator")
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agentkube.lab.kube_emulator import KubeEmulator
+from agentkube_lab.kube_emulator import KubeEmulator
 
 pytestmark = pytest.mark.integration
 

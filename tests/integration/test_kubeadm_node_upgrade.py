@@ -17,7 +17,7 @@ from kubeadm_lab_support import (
     start_lab_tenant,
 )
 
-from agentkube.lab.kubeadm_emulator import install_into_rootfs
+from agentkube_lab.kubeadm_emulator import install_into_rootfs
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 from agent_harness import job_done, lifecycle_lab, wait_for
 
 from agentkube.core.naming import tenant_name
-from agentkube.lab.lab import Lab, emulated_workers_available
+from agentkube_lab.lab import Lab, emulated_workers_available
 
 pytestmark = pytest.mark.integration
 

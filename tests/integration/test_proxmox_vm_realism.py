@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from proxmox_vm_harness import Tenant, assert_clean_cluster, pools, snapshot, tenant_vms
 
-from agentkube.lab.pve_lab import VM_STORAGE, PveLab, template_vmid
+from agentkube_lab.pve_lab import VM_STORAGE, PveLab, template_vmid
 
 pytestmark = pytest.mark.integration
 

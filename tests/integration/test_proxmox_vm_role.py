@@ -33,7 +33,7 @@ from proxmox_vm_harness import (
     writes_to,
 )
 
-from agentkube.lab.pve_lab import LabDhcp, PveLab, mac_of
+from agentkube_lab.pve_lab import LabDhcp, PveLab, mac_of
 
 pytestmark = pytest.mark.integration
 
@@ -204,7 +204,7 @@ def test_fault_failing_start_task_is_retried_then_a_rerun_converges(lab, tenant)
 def refused(lab, tmp_path_factory):
     """Runs the role must refuse, at verbosity 3 (the secret test reads them): bad input, a version
     without template, an API certificate from a foreign CA."""
-    from agentkube.lab.certs import LabCA
+    from agentkube_lab.certs import LabCA
 
     t = Tenant(lab, tmp_path_factory.mktemp("refused"), "refused")
     mark = len(lab.fake.requests)

@@ -17,7 +17,7 @@ from agentkube.core.job_vars import build_job_vars
 from agentkube.core.jobs import Job
 from agentkube.core.project import project_dir
 from agentkube.core.untrusted_yaml import load_untrusted
-from agentkube.lab.lab import Lab
+from agentkube_lab.lab import Lab
 
 
 def _env() -> dict:

@@ -13,7 +13,7 @@ import uuid
 import pytest
 from proxmox_vm_harness import Tenant, writes_to
 
-from agentkube.lab.pve_lab import PveLab
+from agentkube_lab.pve_lab import PveLab
 
 pytestmark = pytest.mark.integration
 

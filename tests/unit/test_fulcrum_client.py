@@ -25,9 +25,9 @@ from agentkube.adapters.fulcrum_client import (
     TokenRejected,
 )
 from agentkube.core.jobs import JobResult
-from agentkube.lab.certs import LabCA
-from agentkube.lab.fulcrum_catalog import Catalog, register_catalog
-from agentkube.lab.fulcrum_emulator import FulcrumEmulator
+from agentkube_lab.certs import LabCA
+from agentkube_lab.fulcrum_catalog import Catalog, register_catalog
+from agentkube_lab.fulcrum_emulator import FulcrumEmulator
 
 TOKEN = "agent-token-8f3c2a9d71"
 SPEC = {"kubernetesVersion": "v1.35.7", "nodePools": [{"name": "default", "count": 1}]}

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from agentkube.lab.fulcrum_catalog import register_catalog
-from agentkube.lab.fulcrum_emulator import FulcrumEmulator
+from agentkube_lab.fulcrum_catalog import register_catalog
+from agentkube_lab.fulcrum_emulator import FulcrumEmulator
 
 ADMIN = "admin-secret"
 T0 = 1_900_000_000.0

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from agentkube.lab.certs import LabCA
-from agentkube.lab.fulcrum_emulator import FulcrumEmulator
+from agentkube_lab.certs import LabCA
+from agentkube_lab.fulcrum_emulator import FulcrumEmulator
 
 ADMIN = "admin-secret"
 

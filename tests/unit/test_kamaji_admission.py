@@ -1,4 +1,4 @@
-"""The lab's Kamaji admission webhooks (agentkube.lab.kamaji_webhook), rule by rule, with Kamaji's messages.
+"""The lab's Kamaji admission webhooks (agentkube_lab.kamaji_webhook), rule by rule, with Kamaji's messages.
 
 Each rule is driven through the hook as the lab's ObjectStore calls it (an AdmissionRequest), and once through
 the store itself, so the seam the emulator uses is covered too."""
@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 
-from agentkube.lab.kamaji_admission_rules import (
+from agentkube_lab.kamaji_admission_rules import (
     aggregate,
     go_parse_cidr,
     go_parse_ip,
@@ -19,15 +19,15 @@ from agentkube.lab.kamaji_admission_rules import (
     parse_ip_sloppy,
     semver_parse,
 )
-from agentkube.lab.kamaji_webhook import (
+from agentkube_lab.kamaji_webhook import (
     MUTATING_WEBHOOK,
     VALIDATING_WEBHOOK,
     KamajiTcpWebhook,
     cert_san_problems,
     default_dns_service_ip,
 )
-from agentkube.lab.kube_resources import CORE_TYPES, DATA_STORE, KAMAJI_TYPES, TENANT_CONTROL_PLANE, ResourceCatalog
-from agentkube.lab.kube_store import AdmissionRequest, ApiError, ObjectStore
+from agentkube_lab.kube_resources import CORE_TYPES, DATA_STORE, KAMAJI_TYPES, TENANT_CONTROL_PLANE, ResourceCatalog
+from agentkube_lab.kube_store import AdmissionRequest, ApiError, ObjectStore
 
 UID = "0f6b2a4e-9c1d-4e8a-b1f0-6d2c3a4b5c6d"
 DENIED = 'admission webhook "{}" denied the request: '

@@ -9,9 +9,9 @@ import copy
 import pytest
 
 from agentkube.core import tcp_status
-from agentkube.lab.kamaji_controller import KamajiController, compute_status
-from agentkube.lab.kube_resources import CORE_TYPES, KAMAJI_TYPES, TENANT_CONTROL_PLANE, ResourceCatalog
-from agentkube.lab.kube_store import MERGE_PATCH, ObjectStore
+from agentkube_lab.kamaji_controller import KamajiController, compute_status
+from agentkube_lab.kube_resources import CORE_TYPES, KAMAJI_TYPES, TENANT_CONTROL_PLANE, ResourceCatalog
+from agentkube_lab.kube_store import MERGE_PATCH, ObjectStore
 
 NS, NAME = "tenants", "t1"
 

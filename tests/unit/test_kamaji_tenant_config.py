@@ -16,10 +16,10 @@ import yaml
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from agentkube.lab import kubeadm_emulator as ke
-from agentkube.lab.certs import LabCA, issue_client_cert
-from agentkube.lab.kube_patch import PatchError, json_equal, json_patch
-from agentkube.lab.kube_tenant import KUBELET_V1BETA1_DEFAULTS, TenantApi, kubelet_configuration
+from agentkube_lab import kubeadm_emulator as ke
+from agentkube_lab.certs import LabCA, issue_client_cert
+from agentkube_lab.kube_patch import PatchError, json_equal, json_patch
+from agentkube_lab.kube_tenant import KUBELET_V1BETA1_DEFAULTS, TenantApi, kubelet_configuration
 
 DNS = ["10.96.0.10"]
 

@@ -16,12 +16,12 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from unit_support import wait_for
 
-from agentkube.lab.kube_disruption import DisruptionController, scaled_value
-from agentkube.lab.kube_emulator import KubeEmulator
-from agentkube.lab.kube_rbac import Identity, RbacAuthorizer, bootstrap_identity, request_attributes, rule_allows
-from agentkube.lab.kube_resources import CORE_TYPES, TENANT_EXTRA_TYPES, ResourceCatalog
-from agentkube.lab.kube_store import ObjectStore
-from agentkube.lab.kube_tenant import TenantApi
+from agentkube_lab.kube_disruption import DisruptionController, scaled_value
+from agentkube_lab.kube_emulator import KubeEmulator
+from agentkube_lab.kube_rbac import Identity, RbacAuthorizer, bootstrap_identity, request_attributes, rule_allows
+from agentkube_lab.kube_resources import CORE_TYPES, TENANT_EXTRA_TYPES, ResourceCatalog
+from agentkube_lab.kube_store import ObjectStore
+from agentkube_lab.kube_tenant import TenantApi
 
 NS = "default"
 
@@ -198,8 +198,8 @@ def test_a_budget_not_yet_observed_is_still_being_processed(tenant, ns) -> None:
     store.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
     store.put(pod("web-0", {"app": "web"}))
     store.put(pdb("web", "web", minAvailable=0))
-    from agentkube.lab.kube_disruption import evict as evict_in_store
-    from agentkube.lab.kube_store import ApiError
+    from agentkube_lab.kube_disruption import evict as evict_in_store
+    from agentkube_lab.kube_store import ApiError
 
     pods = store.resolve("v1", "Pod")
     body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "web-0"}}
@@ -419,7 +419,7 @@ def test_the_emulator_process_writes_an_rbac_bound_identity_kubeconfig(tmp_path)
     import sys
 
     pidfile = tmp_path / "pid"
-    subprocess.run([sys.executable, "-m", "agentkube.lab.kube_emulator_main", "--state-dir", str(tmp_path / "s"),
+    subprocess.run([sys.executable, "-m", "agentkube_lab.kube_emulator_main", "--state-dir", str(tmp_path / "s"),
                     "--kubeconfig", str(tmp_path / "admin"), "--pidfile", str(pidfile), "--daemon",
                     "--identity-kubeconfig", str(tmp_path / "agent")], check=True, timeout=90)
     try:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agentkube.lab.kube_cel import CelCompileError, CelError, CelEvalError, compile_rule, evaluate
-from agentkube.lab.kube_crd_schema import CrdSchemaValidator
-from agentkube.lab.kube_resources import ResourceType
-from agentkube.lab.kube_store import ApiError
+from agentkube_lab.kube_cel import CelCompileError, CelError, CelEvalError, compile_rule, evaluate
+from agentkube_lab.kube_crd_schema import CrdSchemaValidator
+from agentkube_lab.kube_resources import ResourceType
+from agentkube_lab.kube_store import ApiError
 
 CONTRACTS = Path(__file__).resolve().parents[3] / "shared" / "contracts" / "kamaji"
 needs_contracts = pytest.mark.skipif(not (CONTRACTS / "tenantcontrolplanes.crd.yaml").exists(),

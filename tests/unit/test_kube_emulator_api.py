@@ -14,7 +14,7 @@ from kubernetes import client, config, dynamic
 from kubernetes.client.rest import ApiException
 from unit_support import wait_for
 
-from agentkube.lab.kube_emulator import READY_DELAY_ANNOTATION, KubeEmulator, default_crd_schema_path
+from agentkube_lab.kube_emulator import READY_DELAY_ANNOTATION, KubeEmulator, default_crd_schema_path
 
 NS = "tenants"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from agentkube.lab.kube_cel import CelError, evaluate
-from agentkube.lab.kube_patch import PatchError, json_patch, merge_patch, strategic_merge_patch
-from agentkube.lab.kube_resources import CORE_TYPES, KAMAJI_TYPES, TENANT_CONTROL_PLANE, ResourceCatalog
-from agentkube.lab.kube_selectors import SelectorError, matches, parse_field_selector, parse_label_selector
-from agentkube.lab.kube_store import APPLY_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, ObjectStore
+from agentkube_lab.kube_cel import CelError, evaluate
+from agentkube_lab.kube_patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from agentkube_lab.kube_resources import CORE_TYPES, KAMAJI_TYPES, TENANT_CONTROL_PLANE, ResourceCatalog
+from agentkube_lab.kube_selectors import SelectorError, matches, parse_field_selector, parse_label_selector
+from agentkube_lab.kube_store import APPLY_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, ObjectStore
 
 
 @pytest.fixture

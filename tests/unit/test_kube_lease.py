@@ -14,7 +14,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from agentkube.lab.kube_emulator import KubeEmulator
+from agentkube_lab.kube_emulator import KubeEmulator
 
 NS = "agents"
 

@@ -8,8 +8,8 @@ import time
 import pytest
 import yaml
 
-from agentkube.lab import kubeadm_emulator as ke
-from agentkube.lab.kube_emulator import KubeEmulator
+from agentkube_lab import kubeadm_emulator as ke
+from agentkube_lab.kube_emulator import KubeEmulator
 
 TOKEN_ID, TOKEN_SECRET = "abcdef", "0123456789abcdef"
 

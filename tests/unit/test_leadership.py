@@ -27,7 +27,7 @@ from agentkube.adapters.leadership import (
     leadership_for,
     lease_name_for,
 )
-from agentkube.lab.kube_emulator import KubeEmulator
+from agentkube_lab.kube_emulator import KubeEmulator
 
 NS = "agents"
 LEASE = "agentkube-test"

@@ -8,7 +8,7 @@ import copy
 import pytest
 
 from agentkube.core import metrics as m
-from agentkube.lab.fulcrum_catalog import load_shipped
+from agentkube_lab.fulcrum_catalog import load_shipped
 
 GiB = 1024**3
 

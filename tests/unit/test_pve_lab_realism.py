@@ -1,4 +1,4 @@
-"""PveLab's real-cluster behaviours (agentkube.lab.pve_realism), each against the running lab over HTTPS.
+"""PveLab's real-cluster behaviours (agentkube_lab.pve_realism), each against the running lab over HTTPS.
 
 One lab per behaviour group, time_scale small: 10 PVE seconds are 0.02 s of wall time."""
 
@@ -10,8 +10,8 @@ import urllib.parse
 import pytest
 import requests
 
-from agentkube.lab.pve_lab import VM_STORAGE, PveLab, template_vmid
-from agentkube.lab.pve_realism import Realism, cross_node_collision_message
+from agentkube_lab.pve_lab import VM_STORAGE, PveLab, template_vmid
+from agentkube_lab.pve_realism import Realism, cross_node_collision_message
 
 TEMPLATE = template_vmid("1.35")
 SCALE = 0.002
@@ -206,7 +206,7 @@ def test_the_role_readme_documents_exactly_the_lab_tokens_privileges():
     import re
     from pathlib import Path
 
-    from agentkube.lab.pve_realism import role_privileges
+    from agentkube_lab.pve_realism import role_privileges
 
     readme = (Path(__file__).resolve().parents[2] / "roles" / "proxmox_vm" / "README.md").read_text()
     table = [line for line in readme.splitlines() if line.startswith("| ") and "`" in line]

@@ -12,10 +12,10 @@ import yaml
 from agentkube.cli import main
 from agentkube.core.tcp_manifest import TcpSettings, render_tcp
 from agentkube.core.tenant_spec import SpecError, cert_san_problem, validate_tenant_spec
-from agentkube.lab.kamaji_webhook import cert_san_problems, check_dns_service_ips
-from agentkube.lab.kube_emulator import KubeEmulator
-from agentkube.lab.kube_resources import TENANT_CONTROL_PLANE
-from agentkube.lab.kube_store import ApiError
+from agentkube_lab.kamaji_webhook import cert_san_problems, check_dns_service_ips
+from agentkube_lab.kube_emulator import KubeEmulator
+from agentkube_lab.kube_resources import TENANT_CONTROL_PLANE
+from agentkube_lab.kube_store import ApiError
 
 V = "v1.35.7"
 NS = "kamaji-tenants"

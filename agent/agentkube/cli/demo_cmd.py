@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
-from agentkube.demo import Demo
+from agentkube.cli.lab_extra import LabMissing, load
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        Demo = load("agentkube_lab.demo").Demo
+    except LabMissing as e:
+        print(f"agentkube demo: {e}", file=sys.stderr)
+        return 2
     if not args.verbose:  # the demo's own progress is on stdout; keep the per-task event log out of the way
         logging.getLogger("agentkube.events").setLevel(logging.WARNING)
     if args.state_dir:

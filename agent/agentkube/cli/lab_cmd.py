@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 
-from agentkube.lab.lab import Lab
+from agentkube.cli.lab_extra import LabMissing, load
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        Lab = load("agentkube_lab.lab").Lab
+    except LabMissing as e:
+        print(f"agentkube lab: {e}", file=sys.stderr)
+        return 2
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # fakepve's per-request log
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

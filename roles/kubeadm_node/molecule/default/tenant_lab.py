@@ -2,7 +2,7 @@
 
 Writes into --workdir: tenant-admin.conf (the tenant admin kubeconfig, 0600), parent.conf (the parent's),
 tenant.json ({endpoint, caCertHash}), tenant-lab.pid. The tenant comes from a TenantControlPlane object,
-as Kamaji's controller in the lab (agentkube.lab.kube_emulator) reconciles it.
+as Kamaji's controller in the lab (agentkube_lab.kube_emulator) reconciles it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from agentkube.lab.kube_emulator import KubeEmulator
+from agentkube_lab.kube_emulator import KubeEmulator
 
 
 def main() -> int:

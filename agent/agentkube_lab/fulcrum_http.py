@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
-from agentkube.lab.fulcrum_faults import FaultInjector
-from agentkube.lab.fulcrum_state import ApiError, FulcrumState, Identity, page_of, parse_uuid
+from agentkube_lab.fulcrum_faults import FaultInjector
+from agentkube_lab.fulcrum_state import ApiError, FulcrumState, Identity, page_of, parse_uuid
 
 BASE_PATH = "/api/v1"
 ADMIN, AGENT, ANY = "admin", "agent", "any"

@@ -13,9 +13,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-from agentkube.lab.kube_cel import CelError, Program, compile_rule
-from agentkube.lab.kube_resources import ResourceType
-from agentkube.lab.kube_store import AdmissionRequest, bad_request, invalid
+from agentkube_lab.kube_cel import CelError, Program, compile_rule
+from agentkube_lab.kube_resources import ResourceType
+from agentkube_lab.kube_store import AdmissionRequest, bad_request, invalid
 
 _ROOT_KEEP = ("apiVersion", "kind", "metadata")
 _SKIP_KEYS = ("description", "default", "format", "nullable", "example", "externalDocs")

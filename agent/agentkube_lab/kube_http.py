@@ -23,9 +23,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from agentkube.lab.kube_disruption import DisruptionController, evict
-from agentkube.lab.kube_patch import PatchError, json_patch, merge_patch
-from agentkube.lab.kube_rbac import (
+from agentkube_lab.kube_disruption import DisruptionController, evict
+from agentkube_lab.kube_patch import PatchError, json_patch, merge_patch
+from agentkube_lab.kube_rbac import (
     ANONYMOUS,
     BOOTSTRAP_USER_PREFIX,
     MASTERS,
@@ -38,8 +38,8 @@ from agentkube.lab.kube_rbac import (
     seed_bootstrap_policy,
     tls_bootstrap_allowed,
 )
-from agentkube.lab.kube_resources import ResourceType
-from agentkube.lab.kube_store import APPLY_PATCH, ApiError, ObjectStore, bad_request
+from agentkube_lab.kube_resources import ResourceType
+from agentkube_lab.kube_store import APPLY_PATCH, ApiError, ObjectStore, bad_request
 
 log = logging.getLogger(__name__)
 

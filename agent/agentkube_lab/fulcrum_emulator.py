@@ -42,10 +42,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agentkube.lab.certs import ServerCert
-from agentkube.lab.fulcrum_faults import Fault, FaultInjector
-from agentkube.lab.fulcrum_http import BASE_PATH, FulcrumHTTPServer, RequestRecord
-from agentkube.lab.fulcrum_state import CORE_JOB_MAINTENANCE_INTERVAL, CORE_JOB_RETENTION, FulcrumState
+from agentkube_lab.certs import ServerCert
+from agentkube_lab.fulcrum_faults import Fault, FaultInjector
+from agentkube_lab.fulcrum_http import BASE_PATH, FulcrumHTTPServer, RequestRecord
+from agentkube_lab.fulcrum_state import CORE_JOB_MAINTENANCE_INTERVAL, CORE_JOB_RETENTION, FulcrumState
 
 __all__ = ["DEFAULT_CONFIGURATION_SCHEMA", "FulcrumEmulator", "RequestRecord"]
 

@@ -1,6 +1,6 @@
 """Run the lab's Kamaji parent cluster (KubeEmulator) as a process, for molecule scenarios and operators:
 
-    python -m agentkube.lab.kube_emulator_main --state-dir DIR --kubeconfig FILE --pidfile FILE [--daemon]
+    python -m agentkube_lab.kube_emulator_main --state-dir DIR --kubeconfig FILE --pidfile FILE [--daemon]
 
 It writes the parent kubeconfig (0600; the admin, in system:masters), with --identity-kubeconfig also one for a
 non-admin identity that RBAC authorizes (the agent's own ServiceAccount by default), then the pidfile (its
@@ -19,14 +19,14 @@ import threading
 import time
 from pathlib import Path
 
-from agentkube.lab.kube_emulator import KubeEmulator
-from agentkube.lab.kube_kubeconfig import write_private
+from agentkube_lab.kube_emulator import KubeEmulator
+from agentkube_lab.kube_kubeconfig import write_private
 
 READY_WAIT = 60.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m agentkube.lab.kube_emulator_main", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m agentkube_lab.kube_emulator_main", description=__doc__)
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--kubeconfig", required=True, type=Path, help="where to write the parent kubeconfig")
     parser.add_argument("--pidfile", required=True, type=Path, help="written once the API server is ready")

@@ -10,8 +10,8 @@ import base64
 import re
 from dataclasses import dataclass, field
 
-from agentkube.lab.kube_resources import ResourceCatalog
-from agentkube.lab.kube_store import ApiError, ObjectStore
+from agentkube_lab.kube_resources import ResourceCatalog
+from agentkube_lab.kube_store import ApiError, ObjectStore
 
 # staging/src/k8s.io/apiserver/pkg/authentication/user/user.go
 SYSTEM_PRIVILEGED_GROUP = "system:masters"

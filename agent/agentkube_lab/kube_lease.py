@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from agentkube.lab.kube_resources import ResourceType
-from agentkube.lab.kube_store import ApiError, bad_request, invalid
+from agentkube_lab.kube_resources import ResourceType
+from agentkube_lab.kube_store import ApiError, bad_request, invalid
 
 # staging/src/k8s.io/apimachinery/pkg/apis/meta/v1/micro_time.go: RFC3339Micro = "2006-01-02T15:04:05.000000Z07:00",
 # parsed with Go's time.Parse, whose ".000000" takes exactly six fractional digits; written back in UTC

@@ -31,9 +31,9 @@ from typing import Any
 import yaml
 
 from agentkube.core.project import project_dir
-from agentkube.lab.certs import LabCA
-from agentkube.lab.fulcrum_catalog import Catalog, register_catalog
-from agentkube.lab.fulcrum_emulator import FulcrumEmulator
+from agentkube_lab.certs import LabCA
+from agentkube_lab.fulcrum_catalog import Catalog, register_catalog
+from agentkube_lab.fulcrum_emulator import FulcrumEmulator
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,11 @@ class Lab:
         self.kube: Any = None
         self.pve: Any = None
         if kube:
-            from agentkube.lab.kube_emulator import KubeEmulator
+            from agentkube_lab.kube_emulator import KubeEmulator
 
             self.kube = KubeEmulator(self.state_dir / "kube", ready_delay=tcp_ready_delay)
         if pve:
-            from agentkube.lab.pve_lab import PveLab
+            from agentkube_lab.pve_lab import PveLab
 
             self.pve = PveLab(self.state_dir / "pve")
         if emulated_workers is None:

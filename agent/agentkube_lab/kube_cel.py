@@ -25,7 +25,7 @@ import lark
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError, Evaluator
 
-from agentkube.lab import kube_cel_library as klib
+from agentkube_lab import kube_cel_library as klib
 
 logging.getLogger("celpy").setLevel(logging.WARNING)
 

@@ -9,13 +9,13 @@ import secrets
 from collections import Counter
 from pathlib import Path
 
-from agentkube.lab.certs import LabCA
-from agentkube.lab.kamaji_controller import READY_DELAY_ANNOTATION, KamajiController
-from agentkube.lab.kamaji_webhook import KamajiTcpWebhook
-from agentkube.lab.kube_http import Fault, KubeApiServer
-from agentkube.lab.kube_kubeconfig import kubeconfig_yaml, write_private
-from agentkube.lab.kube_rbac import SYSTEM_PRIVILEGED_GROUP, Identity
-from agentkube.lab.kube_resources import (
+from agentkube_lab.certs import LabCA
+from agentkube_lab.kamaji_controller import READY_DELAY_ANNOTATION, KamajiController
+from agentkube_lab.kamaji_webhook import KamajiTcpWebhook
+from agentkube_lab.kube_http import Fault, KubeApiServer
+from agentkube_lab.kube_kubeconfig import kubeconfig_yaml, write_private
+from agentkube_lab.kube_rbac import SYSTEM_PRIVILEGED_GROUP, Identity
+from agentkube_lab.kube_resources import (
     COORDINATION_TYPES,
     CORE_TYPES,
     DATA_STORE,
@@ -23,8 +23,8 @@ from agentkube.lab.kube_resources import (
     RBAC_TYPES,
     ResourceCatalog,
 )
-from agentkube.lab.kube_store import ObjectStore
-from agentkube.lab.kube_tenant import TenantApi
+from agentkube_lab.kube_store import ObjectStore
+from agentkube_lab.kube_tenant import TenantApi
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class KubeEmulator:
         if validate_schema and crd_schema_path is None:
             crd_schema_path = default_crd_schema_path()
         if validate_schema and crd_schema_path is not None:
-            from agentkube.lab.kube_crd_schema import CrdSchemaValidator
+            from agentkube_lab.kube_crd_schema import CrdSchemaValidator
 
             self.schema = CrdSchemaValidator.from_file(Path(crd_schema_path))
             self.store.admission_hooks.append(self.schema)

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agentkube.lab.kube_patch import PatchError, apply_patch, json_patch, merge_patch, strategic_merge_patch
-from agentkube.lab.kube_resources import ResourceCatalog, ResourceType
-from agentkube.lab.kube_selectors import SelectorError, matches, parse_field_selector, parse_label_selector
+from agentkube_lab.kube_patch import PatchError, apply_patch, json_patch, merge_patch, strategic_merge_patch
+from agentkube_lab.kube_resources import ResourceCatalog, ResourceType
+from agentkube_lab.kube_selectors import SelectorError, matches, parse_field_selector, parse_label_selector
 
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -593,7 +593,7 @@ def _parse_rfc3339(value: str) -> dt.datetime:
 def _default_and_convert(rtype: ResourceType, obj: dict) -> None:
     """What decoding a write does to an object before it is stored (defaults and internal conversion)."""
     if rtype.group == "coordination.k8s.io" and rtype.kind == "Lease":
-        from agentkube.lab.kube_lease import decode_and_validate_lease  # kube_lease imports this module
+        from agentkube_lab.kube_lease import decode_and_validate_lease  # kube_lease imports this module
 
         decode_and_validate_lease(rtype, obj)
         return

@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agentkube.lab.kube_resources import TENANT_CONTROL_PLANE
-from agentkube.lab.kube_store import MERGE_PATCH, ApiError, ObjectStore, now_rfc3339
-from agentkube.lab.kube_tenant import TenantApi
+from agentkube_lab.kube_resources import TENANT_CONTROL_PLANE
+from agentkube_lab.kube_store import MERGE_PATCH, ApiError, ObjectStore, now_rfc3339
+from agentkube_lab.kube_tenant import TenantApi
 
 log = logging.getLogger(__name__)
 

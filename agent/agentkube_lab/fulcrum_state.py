@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agentkube.lab import fulcrum_lifecycle as lifecycle
-from agentkube.lab.fulcrum_properties import (
+from agentkube_lab import fulcrum_lifecycle as lifecycle
+from agentkube_lab.fulcrum_properties import (
     ACTOR_AGENT,
     ACTOR_USER,
     ENGINE_AGENT_CONFIG,

@@ -26,13 +26,13 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from agentkube.lab.certs import LabCA, issue_client_cert
-from agentkube.lab.kube_http import KubeApiServer
-from agentkube.lab.kube_kubeconfig import kubeconfig_yaml
-from agentkube.lab.kube_patch import PatchError, json_patch
-from agentkube.lab.kube_rbac import secret_field, seed_kubeadm_bootstrap_rbac
-from agentkube.lab.kube_resources import CORE_TYPES, TENANT_EXTRA_TYPES, ResourceCatalog, ResourceType
-from agentkube.lab.kube_store import ObjectStore
+from agentkube_lab.certs import LabCA, issue_client_cert
+from agentkube_lab.kube_http import KubeApiServer
+from agentkube_lab.kube_kubeconfig import kubeconfig_yaml
+from agentkube_lab.kube_patch import PatchError, json_patch
+from agentkube_lab.kube_rbac import secret_field, seed_kubeadm_bootstrap_rbac
+from agentkube_lab.kube_resources import CORE_TYPES, TENANT_EXTRA_TYPES, ResourceCatalog, ResourceType
+from agentkube_lab.kube_store import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agentkube.core.shipped import load_shipped
-from agentkube.lab.fulcrum_emulator import FulcrumEmulator
+from agentkube_lab.fulcrum_emulator import FulcrumEmulator
 
 
 @dataclass(frozen=True)

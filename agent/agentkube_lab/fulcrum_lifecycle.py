@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from agentkube.lab.fulcrum_properties import go_regexp_error
+from agentkube_lab.fulcrum_properties import go_regexp_error
 
 
 class LifecycleError(ValueError):

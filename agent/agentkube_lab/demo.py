@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from agentkube.lab.lab import Lab
+from agentkube_lab.lab import Lab
 
 SPEC: dict[str, Any] = {
     "kubernetesVersion": "v1.34.4",

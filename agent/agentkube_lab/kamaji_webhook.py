@@ -24,7 +24,7 @@ import copy
 import re
 from collections.abc import Callable, Collection
 
-from agentkube.lab.kamaji_admission_rules import (
+from agentkube_lab.kamaji_admission_rules import (
     GoParseError,
     SemVer,
     SemVerError,
@@ -41,8 +41,8 @@ from agentkube.lab.kamaji_admission_rules import (
     parse_ip_sloppy,
     semver_parse,
 )
-from agentkube.lab.kube_resources import TENANT_CONTROL_PLANE
-from agentkube.lab.kube_store import AdmissionRequest, ApiError
+from agentkube_lab.kube_resources import TENANT_CONTROL_PLANE
+from agentkube_lab.kube_store import AdmissionRequest, ApiError
 
 VALIDATING_WEBHOOK = "vtenantcontrolplane.kb.io"
 MUTATING_WEBHOOK = "mtenantcontrolplane.kb.io"

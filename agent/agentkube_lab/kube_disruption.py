@@ -15,9 +15,9 @@ import re
 import threading
 from typing import Any
 
-from agentkube.lab.kube_resources import ResourceType
-from agentkube.lab.kube_selectors import label_selector_requirements, labels_match
-from agentkube.lab.kube_store import ApiError, ObjectStore, bad_request, now_rfc3339
+from agentkube_lab.kube_resources import ResourceType
+from agentkube_lab.kube_selectors import label_selector_requirements, labels_match
+from agentkube_lab.kube_store import ApiError, ObjectStore, bad_request, now_rfc3339
 
 POLICY_V1 = "policy/v1"
 # pkg/controller/disruption/disruption.go: DeletionTimeout

@@ -28,8 +28,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agentkube.lab.certs import LabCA
-from agentkube.lab.pve_realism import (
+from agentkube_lab.certs import LabCA
+from agentkube_lab.pve_realism import (
     BROADCAST_FIELDS,
     Realism,
     cross_node_collision_message,
@@ -575,7 +575,7 @@ class PveLab:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m agentkube.lab.pve_lab --state-dir D --vars-file F`: serve until SIGTERM/SIGINT, with the
+    """`python -m agentkube_lab.pve_lab --state-dir D --vars-file F`: serve until SIGTERM/SIGINT, with the
     proxmox_vm_* settings pointing at the lab written to F (0600, it holds the lab token secret)."""
     import argparse
     import json
