@@ -114,7 +114,6 @@ class TenancySettings(_Section):
                                 "an agent that serves another service type through custom playbooks")
     min_version: str = "v1.33"
     max_version: str = "v1.36"
-    namespace: str = "kamaji-tenants"
     limits: TenantLimits = Field(default_factory=TenantLimits, description="quotas and the address policy")
 
     @field_validator("min_version", "max_version")
