@@ -166,32 +166,25 @@ class FulcrumClient:
         return True
 
     # -- the agent contract ---------------------------------------------------------------------------
+    def _object(self, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
+        """GET path: the JSON object it answers (MalformedAnswer for anything else)."""
+        raw = decode(self.request("GET", path, **kwargs), f"GET {what}")
+        if not isinstance(raw, dict):
+            raise MalformedAnswer(f"GET {what}: the answer is not a JSON object")
+        return raw
+
     def get_me(self) -> dict[str, Any]:
-        me = decode(self.request("GET", "/agents/me"), "GET /agents/me")
-        if not isinstance(me, dict):
-            raise MalformedAnswer("GET /agents/me: the answer is not a JSON object")
-        return me
+        return self._object("/agents/me", "/agents/me")
 
     def set_status(self, status: str, *, attempts: int | None = None) -> None:
         self.request("PUT", "/agents/me/status", json={"status": status}, attempts=attempts)
 
     def pending_jobs(self, limit: int = 10) -> list[Job]:
-        """The pending jobs Fulcrum offers. A malformed job, or one whose id is not a Fulcrum UUID, is logged and
-        skipped: it is never claimed, and its id never becomes a path or a URL."""
+        """The pending jobs Fulcrum offers (malformed ones logged and skipped: _jobs)."""
         raw = decode(self.request("GET", "/jobs/pending", params={"limit": limit}), "GET /jobs/pending")
         if not isinstance(raw, list):
             raise MalformedAnswer("GET /jobs/pending did not return a JSON array")
-        jobs = []
-        for item in raw:
-            raw_id = item.get("id") if isinstance(item, dict) else None
-            if not is_core_id(raw_id):
-                log.error("skipping a job from Fulcrum whose id is not a UUID: %.80r", raw_id)
-                continue
-            try:
-                jobs.append(Job.from_api(item))
-            except (KeyError, TypeError, ValueError) as e:
-                log.error("skipping malformed job %s from Fulcrum: missing or bad field %s", raw_id, e)
-        return jobs
+        return _jobs(raw)
 
     def claim(self, job_id: str, agent_id: str) -> bool:
         """True if this agent now owns the job. Core refuses a claim with 400 once the job is not Pending, which is
@@ -215,31 +208,22 @@ class FulcrumClient:
 
     def job(self, job_id: str) -> dict[str, Any]:
         """GET /jobs/{id}: one of this agent's jobs, as Core has it now."""
-        raw = decode(self.request("GET", f"/jobs/{segment(job_id)}", job_scoped=True), "GET /jobs/<id>")
-        if not isinstance(raw, dict):
-            raise MalformedAnswer("GET /jobs/<id>: the answer is not a JSON object")
-        return raw
+        return self._object(f"/jobs/{segment(job_id)}", "/jobs/<id>", job_scoped=True)
 
     def processing_jobs(self, agent_id: str, page_size: int = 100) -> list[Job]:
         """The jobs Core holds in Processing for this agent (GET /jobs?status=Processing, paged), with their
         services: what a lost state directory, or an instance that died elsewhere, left claimed."""
-        jobs = []
+        mine = []
         for raw in self._pages("/jobs", {"status": "Processing"}, page_size):
-            if raw.get("agentId") != agent_id or raw.get("status") != "Processing" or not is_core_id(raw.get("id")):
+            if raw.get("agentId") != agent_id or raw.get("status") != "Processing":
                 continue
             if not isinstance(raw.get("service"), dict) and is_core_id(raw.get("serviceId")):
-                raw = {**raw, "service": self.service(raw["serviceId"])}
-            try:
-                jobs.append(Job.from_api(raw))
-            except (KeyError, TypeError, ValueError) as e:
-                log.error("skipping malformed job %s from Fulcrum: missing or bad field %s", raw.get("id"), e)
-        return jobs
+                raw = {**raw, "service": self.service(raw["serviceId"])}  # a JobRes may come without it
+            mine.append(raw)
+        return _jobs(mine)
 
     def service(self, service_id: str) -> dict[str, Any]:
-        raw = decode(self.request("GET", f"/services/{segment(service_id)}"), "GET /services/<id>")
-        if not isinstance(raw, dict):
-            raise MalformedAnswer("GET /services/<id>: the answer is not a JSON object")
-        return raw
+        return self._object(f"/services/{segment(service_id)}", "/services/<id>")
 
     def report(self, result: JobResult) -> None:
         """Send a job's result. A 400 means Core no longer holds the job in Processing (already reported,
@@ -283,6 +267,22 @@ class FulcrumClient:
             if not raw.get("hasNext"):
                 return
             page += 1
+
+
+def _jobs(items: list[Any]) -> list[Job]:
+    """The jobs of a list Fulcrum answered. A malformed job, or one whose id is not a Fulcrum UUID, is logged and
+    skipped: it is never claimed or run, and its id never becomes a path or a URL."""
+    jobs = []
+    for item in items:
+        raw_id = item.get("id") if isinstance(item, dict) else None
+        if not is_core_id(raw_id):
+            log.error("skipping a job from Fulcrum whose id is not a UUID: %.80r", raw_id)
+            continue
+        try:
+            jobs.append(Job.from_api(item))
+        except (KeyError, TypeError, ValueError) as e:
+            log.error("skipping malformed job %s from Fulcrum: missing or bad field %s", raw_id, e)
+    return jobs
 
 
 def _error_text(resp: requests.Response) -> str:

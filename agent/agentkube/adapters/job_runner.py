@@ -58,7 +58,7 @@ class PlaybookRun:
     inventory: str | None = None
     timeout_s: int = 3600
     idle_timeout_s: int = 900
-    # called once the run's guard process is up, with its pid (= the run's process group) and kernel start time
+    # called once the run's guard process is up, with its pid and kernel start time (agentkube.adapters.run_guard)
     on_started: Callable[[int, int | None], None] | None = None
 
 

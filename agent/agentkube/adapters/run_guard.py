@@ -38,23 +38,20 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the pid, it names one
-    process for good, whatever pid reuse does later."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces and parentheses: count fields after its closing parenthesis
-    return int(stat[stat.rindex(")") + 2:].split()[19])
-
-
 def _proc_stat(pid: int | str) -> list[str] | None:
-    """Fields 3.. of /proc/PID/stat (state, ppid, pgrp, ...), None when the process is gone."""
+    """Fields 3.. of /proc/PID/stat (state, ppid, pgrp, ...), None when the process is gone. The command name
+    (field 2) may hold spaces and parentheses: the fields are those after its last closing parenthesis."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the pid, it names one
+    process for good, whatever pid reuse does later."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields is not None else None
 
 
 def descendants(root: int) -> list[int]:
@@ -77,7 +74,7 @@ def descendants(root: int) -> list[int]:
 def is_alive(pid: int, ticks: int | None) -> bool:
     """pid still names the process that started at `ticks` (and it is not a zombie)."""
     fields = _proc_stat(pid)
-    return ticks is not None and fields is not None and fields[0] != "Z" and start_ticks(pid) == ticks
+    return ticks is not None and fields is not None and fields[0] != "Z" and int(fields[19]) == ticks
 
 
 def stop_run(pid: int, ticks: int | None, timeout_s: float = 30.0) -> bool:

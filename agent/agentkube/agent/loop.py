@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,8 +104,7 @@ class Agent:
         self.heartbeat = Heartbeat(self.client, settings.agent.heartbeat_interval_s, self._token_rejected)
         self.stats = JobStats()
         self.pool = ThreadPoolExecutor(settings.agent.max_concurrent_jobs, thread_name_prefix="job")
-        self._running: dict[str, Future[Any]] = {}    # service group -> future
-        self._running_ids: set[str] = set()           # ids of the jobs running here
+        self._running: dict[str, str] = {}            # service group -> id of the job running for it
         self._running_lock = threading.Lock()
         self._report_lock = threading.Lock()  # one reporter at a time: no result is sent twice
         self._fatal: Exception | None = None
@@ -290,7 +289,7 @@ class Agent:
             return
         for job in jobs:
             with self._running_lock:
-                running = job.id in self._running_ids
+                running = job.id in self._running.values()
             state = self.journal.state_of(job.id)
             if running or state in ("finished", "reported", "dropped"):
                 continue
@@ -394,8 +393,8 @@ class Agent:
     def _submit(self, job: Job) -> None:
         with self._running_lock:
             self.stats.started()
-            self._running_ids.add(job.id)
-            self._running[self._slot(job)] = self.pool.submit(self._process, job)
+            self._running[self._slot(job)] = job.id
+            self.pool.submit(self._process, job)
 
     def _process(self, job: Job) -> None:
         try:
@@ -403,7 +402,6 @@ class Agent:
         finally:
             with self._running_lock:
                 self._running.pop(self._slot(job), None)
-                self._running_ids.discard(job.id)
             self._wake.set()
 
     def _run_and_record(self, job: Job) -> None:
