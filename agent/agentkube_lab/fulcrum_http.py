@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from agentkube_lab.fulcrum_faults import FaultInjector
-from agentkube_lab.fulcrum_state import ApiError, FulcrumState, Identity, page_of, parse_uuid
+from agentkube_lab.fulcrum_state import ApiError, FulcrumState, Identity, go_json_kind, page_of, parse_uuid
 
 BASE_PATH = "/api/v1"
 ADMIN, AGENT, ANY = "admin", "agent", "any"
@@ -404,20 +404,10 @@ class _FulcrumRequestHandler(BaseHTTPRequestHandler):
                 if body is None:
                     raise ApiError(400, "EOF")
                 if not isinstance(body, dict):
-                    raise ApiError(400, f"json: cannot unmarshal {_go_json_kind(body)} into Go value of type struct")
+                    raise ApiError(400, f"json: cannot unmarshal {go_json_kind(body)} into Go value of type struct")
             elif body_error is not None and body is not None:
                 body = None  # a route without DecodeBody never reads its body
             query = parse_qs(parts.query, keep_blank_values=True)
             return handler(self.server.state, _Call(identity, match, query, body))
         except ApiError as exc:
             return exc.status, exc.body()
-
-
-def _go_json_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array"

@@ -187,23 +187,23 @@ def _is_go_uuid(value: str) -> bool:
     return len(value) == 32 and re.fullmatch(r"[0-9a-fA-F]{32}", value) is not None
 
 
-def _int_config(path: str, name: str, config: dict) -> int:
-    """getIntConfig (pkg/schema/validators_utils.go): a number, truncated."""
+def _number_config(path: str, name: str, config: dict) -> float | int:
+    """getIntConfig / getFloatConfig (pkg/schema/validators_utils.go): the `value` config, a number (the int
+    reading truncates it)."""
     if "value" not in config:
         raise _PropError(f"{path}: {name} validator requires 'value' config")
     value = config["value"]
     if not _is_number(value):
         raise _PropError(f"{path}: {name} 'value' config must be a number")
-    return int(value)
+    return value
+
+
+def _int_config(path: str, name: str, config: dict) -> int:
+    return int(_number_config(path, name, config))
 
 
 def _float_config(path: str, name: str, config: dict) -> float:
-    if "value" not in config:
-        raise _PropError(f"{path}: {name} validator requires 'value' config")
-    value = config["value"]
-    if not _is_number(value):
-        raise _PropError(f"{path}: {name} 'value' config must be a number")
-    return float(value)
+    return float(_number_config(path, name, config))
 
 
 def _run_validator(kind: str, path: str, value: Any, config: dict) -> None:

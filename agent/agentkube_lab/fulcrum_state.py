@@ -186,7 +186,7 @@ def _optional_obj(body: dict, name: str, struct: str = "") -> dict | None:
     if value is not None and not isinstance(value, dict):
         raise ApiError(
             400,
-            f"json: cannot unmarshal {_json_kind(value)} into Go struct field {struct}{name} "
+            f"json: cannot unmarshal {go_json_kind(value)} into Go struct field {struct}{name} "
             "of type map[string]interface {}",
         )
     return value
@@ -196,12 +196,12 @@ def _optional_str(body: dict, name: str, struct: str = "") -> str | None:
     value = body.get(name)
     if value is not None and not isinstance(value, str):
         raise ApiError(
-            400, f"json: cannot unmarshal {_json_kind(value)} into Go struct field {struct}{name} of type string"
+            400, f"json: cannot unmarshal {go_json_kind(value)} into Go struct field {struct}{name} of type string"
         )
     return value
 
 
-def _json_kind(value: Any) -> str:
+def go_json_kind(value: Any) -> str:
     """How encoding/json names a JSON value in an UnmarshalTypeError."""
     if isinstance(value, bool):
         return "bool"
@@ -261,6 +261,17 @@ def _sorted(items: list, fields: dict[str, Callable[[Any], Any]], sort: str | No
     absent = [i for i in items if key(i) is None]  # NULLs sort last ascending and first descending (Postgres)
     present.sort(key=key, reverse=not ascending)
     return present + absent if ascending else absent + present
+
+
+def _by_id(table: dict[str, Any], raw_id: str) -> Any:
+    """The entry of table under a UUID id, whatever its spelling; 404 for a malformed or unknown id."""
+    try:
+        entry = table.get(str(uuid.UUID(str(raw_id))))
+    except ValueError:
+        entry = None
+    if entry is None:
+        raise ApiError(404, NOT_FOUND)
+    return entry
 
 
 @dataclass
@@ -727,13 +738,7 @@ class FulcrumState:
         return job
 
     def _service(self, service_id: str) -> _Service:
-        try:
-            svc = self.services.get(str(uuid.UUID(str(service_id))))
-        except ValueError:
-            svc = None
-        if svc is None:
-            raise ApiError(404, NOT_FOUND)
-        return svc
+        return _by_id(self.services, service_id)
 
     def authz_service(self, identity: Identity, service_id: str) -> _Service:
         """AuthzFromID (pkg/middlewares/auth.go) on a service: the id must parse (400), the loader's error
@@ -918,13 +923,7 @@ class FulcrumState:
             return [self.job_res(j) for j in ordered[:limit]]
 
     def _job(self, job_id: str) -> _Job:
-        try:
-            job = self.jobs.get(str(uuid.UUID(str(job_id))))
-        except ValueError:
-            job = None
-        if job is None:
-            raise ApiError(404, NOT_FOUND)
-        return job
+        return _by_id(self.jobs, job_id)
 
     def authz_job(self, identity: Identity, job_id: str) -> _Job:
         """AuthzFromID (pkg/middlewares/auth.go) with the job repository's AuthScope: the id must parse
@@ -1071,7 +1070,7 @@ class FulcrumState:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ApiError(
                 400,
-                f"json: cannot unmarshal {_json_kind(value)} into Go struct field CreateMetricEntryReq.value "
+                f"json: cannot unmarshal {go_json_kind(value)} into Go struct field CreateMetricEntryReq.value "
                 "of type float64",
             )
         with self.lock:
