@@ -13,6 +13,7 @@ import requests
 import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from unit_support import grant_leader_election, kube_with_namespace
 
 from agentkube_lab.kube_emulator import KubeEmulator
 
@@ -21,8 +22,7 @@ NS = "agents"
 
 @pytest.fixture
 def emu(tmp_path: Path) -> Iterator[KubeEmulator]:
-    emulator = KubeEmulator(tmp_path / "kube", validate_schema=False).start()
-    emulator.put_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    emulator = kube_with_namespace(tmp_path / "kube", NS)
     yield emulator
     emulator.stop()
 
@@ -135,14 +135,8 @@ def test_leases_go_through_rbac(emu: KubeEmulator, tmp_path: Path) -> None:
     with pytest.raises(ApiException) as denied:
         api.create_namespaced_lease(NS, _lease(holderIdentity="a"))
     assert denied.value.status == 403
-    emu.put_object({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                    "metadata": {"name": "leader-election", "namespace": NS},
-                    "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                               "verbs": ["get", "create", "update"]}]})
-    emu.put_object({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                    "metadata": {"name": "leader-election", "namespace": NS},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "leader-election"},
-                    "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": "agents"}]})
+    grant_leader_election(emu, NS, "leader-election",
+                          {"kind": "ServiceAccount", "name": "agent", "namespace": "agents"})
     lease = api.create_namespaced_lease(NS, _lease(holderIdentity="a"))
     lease.spec.holder_identity = "b"
     assert api.replace_namespaced_lease("l1", NS, lease).spec.holder_identity == "b"

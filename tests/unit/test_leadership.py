@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client, config
-from unit_support import wait_for
+from unit_support import grant_leader_election, kube_with_namespace, wait_for
 
 from agentkube.adapters.leadership import (
     FileLockLeadership,
@@ -47,8 +47,7 @@ class Recorder:
 
 @pytest.fixture
 def emu(tmp_path: Path) -> Iterator[KubeEmulator]:
-    emulator = KubeEmulator(tmp_path / "kube", validate_schema=False).start()
-    emulator.put_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    emulator = kube_with_namespace(tmp_path / "kube", NS)
     yield emulator
     emulator.stop()
 
@@ -56,15 +55,7 @@ def emu(tmp_path: Path) -> Iterator[KubeEmulator]:
 @pytest.fixture
 def agent_kubeconfig(emu: KubeEmulator, tmp_path: Path) -> Path:
     """The agent's own identity on the parent, with only what leader election needs (get/create/update leases)."""
-    emu.put_object({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                    "metadata": {"name": "agentkube-leader-election", "namespace": NS},
-                    "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                               "verbs": ["get", "create", "update"]}]})
-    emu.put_object({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                    "metadata": {"name": "agentkube-leader-election", "namespace": NS},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                "name": "agentkube-leader-election"},
-                    "subjects": [{"kind": "User", "name": "agentkube"}]})
+    grant_leader_election(emu, NS, "agentkube-leader-election", {"kind": "User", "name": "agentkube"})
     path = tmp_path / "agent.kubeconfig"
     path.write_text(emu.identity_kubeconfig("agentkube"))
     return path

@@ -43,3 +43,24 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
             return value
         time.sleep(0.05)
     raise AssertionError(f"{what}: not reached within {timeout:.0f}s")
+
+
+def kube_with_namespace(folder: Path, namespace: str):
+    """A started Kubernetes emulator (schema checks off) with one extra namespace; the caller stops it."""
+    from agentkube_lab.kube_emulator import KubeEmulator
+
+    emulator = KubeEmulator(folder, validate_schema=False).start()
+    emulator.put_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    return emulator
+
+
+def grant_leader_election(emu, namespace: str, name: str, subject: dict[str, str]) -> None:
+    """A Role with what leader election needs (get, create, update on leases) bound to subject, in namespace."""
+    emu.put_object({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                               "verbs": ["get", "create", "update"]}]})
+    emu.put_object({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                    "subjects": [subject]})
