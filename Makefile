@@ -30,7 +30,7 @@ demo: venv rootfs
 	$(VENV)/bin/agentkube demo
 
 lint: venv
-	$(VENV)/bin/ruff check agent tests bench library module_utils playbooks/filter_plugins
+	$(VENV)/bin/ruff check agent tests bench plugins
 	$(VENV)/bin/lint-imports --config pyproject.toml
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint --profile production playbooks roles
 

@@ -49,10 +49,10 @@ def test_the_installed_agent_knows_its_version_and_its_project(installed, tmp_pa
 
     r = _run(installed, tmp_path, "--version")
     assert r.returncode == 0 and r.stdout == f"agentkube {agentkube.__version__}\n", r.stderr
-    project = installed / "agentkube" / "project"
+    project = installed / "ansible_collections" / "agentkube" / "kamaji"
     for part in ("ansible.cfg", "playbooks/create.yml", "roles/kamaji_tcp/defaults/main.yml",
-                 "templates/tenant-control-plane.yaml.j2", "library/proxmox_vm_clone.py",
-                 "module_utils/proxmox_api.py", "playbooks/filter_plugins/agentkube_filters.py",
+                 "templates/tenant-control-plane.yaml.j2", "plugins/modules/proxmox_vm_clone.py",
+                 "plugins/module_utils/proxmox_api.py", "plugins/filter/agentkube_filters.py",
                  "inventories/example"):
         assert (project / part).exists() and not (project / part).is_symlink(), part
 
@@ -66,7 +66,7 @@ def test_break_glass_from_the_installed_agent_uses_only_the_installed_project(in
     assert r.returncode == 0, r.stderr
     command = shlex.split(r.stdout)
     assert str(REPO) not in r.stdout.replace(sys.prefix, "<venv>")  # nothing of the checkout (the venv may be in it)
-    assert command[0] == f"ANSIBLE_CONFIG={installed / 'agentkube' / 'project' / 'ansible.cfg'}"
+    assert command[0] == f"ANSIBLE_CONFIG={installed / 'ansible_collections' / 'agentkube' / 'kamaji' / 'ansible.cfg'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTKUBE_")}
     env.update(dict([command[0].split("=", 1)]), PYTHONPATH=str(installed))
     elsewhere = tmp_path / "elsewhere"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import importlib
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -130,23 +129,17 @@ def test_a_clone_whose_answer_was_lost_is_looked_for_not_sent_again(lab, tmp_pat
     assert len(clones) == 2, clones  # one per VM: the one without an answer was found, not repeated
 
 
+PLUGINS = "ansible_collections.agentkube.kamaji.plugins"
+
+
 def _clone_module():
-    sys.path.insert(0, str(REPO / "module_utils"))
-    try:
-        for name in ("proxmox_api", "proxmox_vm_config", "proxmox_vm_allocation", "proxmox_vm_ops"):
-            sys.modules.setdefault(f"ansible.module_utils.{name}", importlib.import_module(name))
-    finally:
-        sys.path.remove(str(REPO / "module_utils"))
-    spec = importlib.util.spec_from_file_location("proxmox_vm_clone_realism", REPO / "library" / "proxmox_vm_clone.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"{PLUGINS}.modules.proxmox_vm_clone")
 
 
 def test_a_vmid_taken_on_another_node_fails_in_the_task_and_gets_a_fresh_id(lab):
     clone = _clone_module()
-    api = sys.modules["ansible.module_utils.proxmox_api"]
-    alloc_mod = sys.modules["ansible.module_utils.proxmox_vm_allocation"]
+    api = importlib.import_module(f"{PLUGINS}.module_utils.proxmox_api")
+    alloc_mod = importlib.import_module(f"{PLUGINS}.module_utils.proxmox_vm_allocation")
     client = api.PveClient(lab.host, lab.port, lab.token_id, lab.token_secret, verify=lab.ca_file, retry_delay=0.05)
     allocator = alloc_mod.Allocator(client, 4700, 4710).refresh()
     # Created on pve2 after the allocator looked: the clone on pve1 passes PVE's early check and fails in its task.

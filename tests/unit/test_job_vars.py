@@ -1,5 +1,5 @@
 """The job values and the one vars document: Job/JobResult from and to the API and the journal, the vars per
-action (create/update from params, start/stop/delete from service.properties without the version window,
+action (create/update from params, start/stop/delete from service.properties; the version window is the playbooks',
 custom actions raw), vault refs, and the tenant spec's field errors not covered by test_cli_render_validate."""
 
 from __future__ import annotations
@@ -119,13 +119,13 @@ def test_previous_is_an_empty_mapping_for_a_new_service():
 
 
 @pytest.mark.parametrize("action", ["create", "update"])
-def test_create_and_update_apply_the_version_window(action):
-    with pytest.raises(JobInputError, match=r"params\.kubernetesVersion: v1\.30\.2 is outside the supported window"):
-        build_job_vars(job(action, OLD_SPEC, SPEC))
-    doc = build_job_vars(job(action, OLD_SPEC, SPEC), window=((1, 29), (1, 31)))
+def test_the_version_window_is_left_to_the_playbooks(action):
+    """The window is a role variable the operator may move in the inventory, which the agent does not read: the
+    playbooks enforce it (test_kamaji_tcp_role, test_cli_render_validate). The agent checks the version's form."""
+    doc = build_job_vars(job(action, OLD_SPEC, SPEC))
     assert doc["agentkube_tenant"]["kubernetesVersion"] == "v1.30.2"
-    with pytest.raises(JobInputError, match=r"outside the supported window v1\.33 to v1\.34"):
-        build_job_vars(job(action, SPEC), window=((1, 33), (1, 34)))
+    with pytest.raises(JobInputError, match=r"params\.kubernetesVersion: "):
+        build_job_vars(job(action, {**SPEC, "kubernetesVersion": "1.35"}, SPEC))
 
 
 @pytest.mark.parametrize("action", ["create", "update"])
@@ -149,7 +149,7 @@ def test_bad_params_name_every_field_under_params():
 
 @pytest.mark.parametrize("action", ["start", "stop", "delete"])
 def test_lifecycle_actions_take_the_spec_from_the_service_without_the_window(action):
-    doc = build_job_vars(job(action, None, OLD_SPEC), window=((1, 33), (1, 34)))
+    doc = build_job_vars(job(action, None, OLD_SPEC))
     assert doc["agentkube_tenant"]["kubernetesVersion"] == "v1.30.2"
     assert doc["agentkube_tenant"]["nodePools"] == []
     assert "agentkube_params" not in doc

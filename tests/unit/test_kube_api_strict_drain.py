@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-LIBRARY = Path(__file__).resolve().parents[2] / "library" / "kube_node_drain.py"
+LIBRARY = Path(__file__).resolve().parents[2] / "plugins" / "modules" / "kube_node_drain.py"
 
 
 @pytest.fixture(scope="module")

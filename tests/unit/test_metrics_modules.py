@@ -5,33 +5,12 @@ unreachable tenant reported in its entry."""
 from __future__ import annotations
 
 import base64
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from unit_support import load_module
 
-REPO = Path(__file__).resolve().parents[2]
-LIBRARY = REPO / "roles" / "tenant_metrics" / "library"
-
-
-def load(name: str, *module_utils: str):
-    """Import a role module with the project's module_utils exposed as Ansible exposes them."""
-    for util in module_utils:
-        key = f"ansible.module_utils.{util}"
-        if key not in sys.modules:
-            spec = importlib.util.spec_from_file_location(key, REPO / "module_utils" / f"{util}.py")
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[key] = mod
-            spec.loader.exec_module(mod)
-    spec = importlib.util.spec_from_file_location(f"tenant_metrics_{name}", LIBRARY / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-vms = load("tenant_metrics_vms", "proxmox_api", "proxmox_vm_config")
-clusters = load("tenant_metrics_clusters")
+vms = load_module("tenant_metrics_vms")
+clusters = load_module("tenant_metrics_clusters")
 
 
 def resource(**kw):

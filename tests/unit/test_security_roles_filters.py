@@ -1,4 +1,4 @@
-"""The roles' identity filters (playbooks/filter_plugins/agentkube_filters.py): whether a tenant name belongs to
+"""The roles' identity filters (plugins/filter/agentkube_filters.py): whether a tenant name belongs to
 a service, the tenant name derived with a one-line error, and the TCPs whose service-id label is exactly the
 service's."""
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SCOPES = ("roles", "playbooks", "library", "module_utils", "templates")
+SCOPES = ("roles", "playbooks", "plugins", "templates")
 # A pattern handed to a matching test or function, as a quoted literal (Jinja or Python, raw or not).
 PATTERN_USE = re.compile(
     r"""(?:\bis\s+(?:match|regex|search)|\bregex_search|\bre\.(?:match|search|compile|fullmatch)|\bselectattr\([^)]*?'(?:match|regex|search)')\s*\(?\s*,?\s*r?(?P<q>['"])(?P<pattern>(?:\\.|(?!(?P=q)).)*)(?P=q)"""
@@ -45,5 +45,5 @@ def test_no_validating_pattern_accepts_a_trailing_newline():
 
 
 def test_module_utils_compiled_patterns_are_used_with_fullmatch():
-    text = (REPO / "module_utils" / "proxmox_vm_config.py").read_text()
+    text = (REPO / "plugins" / "module_utils" / "proxmox_vm_config.py").read_text()
     assert re.search(r"\b(TAG_RE|DISK_KEY_RE)\.(match|search)\(", text) is None

@@ -54,7 +54,6 @@ def test_defaults(monkeypatch, tmp_path):
     assert (s.fulcrum.retry_attempts, s.fulcrum.timeout_s) == (8, 30.0)
     assert s.agent.state_dir == tmp_path / "agentkube"
     assert s.runner.action_map() == DEFAULT_ACTIONS
-    assert s.tenancy.window() == ((1, 33), (1, 36))
     assert s.tenancy.validate_spec is True
 
 
@@ -138,7 +137,6 @@ def test_fulcrum_itself_is_required():
     ("AGENTKUBE_AGENT__POLL_INTERVAL_S", "-1", "agent.poll_interval_s", "greater than 0"),
     ("AGENTKUBE_AGENT__MAX_CONCURRENT_JOBS", "65", "agent.max_concurrent_jobs", "less than or equal to 64"),
     ("AGENTKUBE_RUNNER__DEFAULT_TIMEOUT_S", "-5", "runner.default_timeout_s", "greater than 0"),
-    ("AGENTKUBE_TENANCY__MIN_VERSION", "1.33.0", "tenancy.min_version", "vMAJOR.MINOR"),
 ])
 def test_an_invalid_value_names_the_setting_and_its_variable(monkeypatch, env, value, setting, words):
     monkeypatch.setenv("AGENTKUBE_FULCRUM__URL", URL)
@@ -149,6 +147,14 @@ def test_an_invalid_value_names_the_setting_and_its_variable(monkeypatch, env, v
     assert f"setting {setting} ({env}): " in line
     assert words in line
     assert TOKEN not in message
+
+
+def test_a_setting_that_moved_to_the_inventory_says_where(monkeypatch):
+    monkeypatch.setenv("AGENTKUBE_FULCRUM__URL", URL)
+    monkeypatch.setenv("AGENTKUBE_FULCRUM__TOKEN", TOKEN)
+    monkeypatch.setenv("AGENTKUBE_TENANCY__MIN_VERSION", "v1.33")
+    message = config_error()
+    assert "tenancy.min_version is no longer an agent setting: set kamaji_tcp_min_version in the inventory" in message
 
 
 def test_every_bad_setting_is_listed(tmp_path):

@@ -153,7 +153,7 @@ def test_operator_template_path(tmp_path):
     own.write_text(
         "apiVersion: kamaji.clastix.io/v1alpha1\nkind: TenantControlPlane\n"
         "metadata: {name: {{ agentkube_tenant_name | to_json }}, namespace: {{ kamaji_tcp_namespace | to_json }}}\n"
-        "spec: {dataStoreSchema: {{ agentkube_tenant_name | agentkube_datastore_schema | to_json }},"
+        "spec: {dataStoreSchema: {{ agentkube_tenant_name | agentkube.kamaji.agentkube_datastore_schema | to_json }},"
         " kubernetes: {version: {{ agentkube_tenant.kubernetesVersion | to_json }}}}\n"
     )
     tcp = render_tcp(spec(), "Own", "id-9", TcpSettings(template=str(own), extra_spec={"x": 1}))

@@ -1,5 +1,5 @@
 """Upgrade planning (agentkube.core.tcp_upgrade), TCP status reading (tcp_status) and the filters the
-kamaji_tcp role calls them through (playbooks/filter_plugins/agentkube_filters.py)."""
+kamaji_tcp role calls them through (plugins/filter/agentkube_filters.py)."""
 
 from __future__ import annotations
 

@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-MODULE_UTILS = REPO / "module_utils"
+COLLECTION_PACKAGE = "ansible_collections.agentkube.kamaji.plugins"
 
 
 def load_module_utils(name: str):
-    """Import a module_utils file as Ansible exposes it (ansible.module_utils.<name>)."""
-    sys.path.insert(0, str(MODULE_UTILS))
-    try:
-        module = importlib.import_module(name)
-    finally:
-        sys.path.remove(str(MODULE_UTILS))
-    sys.modules[f"ansible.module_utils.{name}"] = module
-    return module
+    """A module_utils file of the collection, imported by the name Ansible gives it."""
+    return importlib.import_module(f"{COLLECTION_PACKAGE}.module_utils.{name}")
+
+
+def load_module(name: str):
+    """A module of the collection (plugins/modules/<name>.py), imported without running it."""
+    return importlib.import_module(f"{COLLECTION_PACKAGE}.modules.{name}")
 
 
 def playbook_filters(module_name: str = "agentkube_filters") -> dict[str, Any]:
-    """The playbooks' Jinja filters (playbooks/filter_plugins/agentkube_filters.py) by name."""
-    path = REPO / "playbooks" / "filter_plugins" / "agentkube_filters.py"
+    """The playbooks' Jinja filters (plugins/filter/agentkube_filters.py) by name."""
+    path = REPO / "plugins" / "filter" / "agentkube_filters.py"
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -434,7 +434,7 @@ class Agent:
             return JobResult.failed(job, f"unsupported action '{job.action}'")
         tenancy = self.settings.tenancy
         try:
-            variables = build_job_vars(job, tenancy.window(), tenancy.validate_spec, tenancy.limits)
+            variables = build_job_vars(job, tenancy.validate_spec, tenancy.limits)
         except JobInputError as e:
             return JobResult.failed(job, f"invalid input for action '{job.action}': {e}")
         try:

@@ -80,9 +80,8 @@ def run_job(args: argparse.Namespace) -> int:
             if args.action:
                 raw["action"] = args.action
             job = Job.from_api(raw)
-        window = settings.tenancy.window() if settings else None
         validate = settings.tenancy.validate_spec if settings else True
-        variables = build_job_vars(job, window, validate, settings.tenancy.limits if settings else None)
+        variables = build_job_vars(job, validate, settings.tenancy.limits if settings else None)
         operator: dict = {}  # Fulcrum's agent configuration, checked as the agent checks it
         if client is not None:
             project = settings.runner.project_dir if settings else project_dir()

@@ -16,8 +16,6 @@ from typing import Any
 from agentkube.core.jobs import Job
 from agentkube.core.naming import ServiceNameError, tenant_name_for
 from agentkube.core.tenant_spec import (
-    DEFAULT_MAX_MINOR,
-    DEFAULT_MIN_MINOR,
     SpecError,
     TenantLimits,
     validate_tenant_spec,
@@ -43,10 +41,13 @@ def is_core_id(value: Any) -> bool:
     return isinstance(value, str) and UUID_RE.fullmatch(value) is not None
 
 
-def tenant_spec_for(job: Job, window: tuple[tuple[int, int], tuple[int, int]] | None = None,
-                    limits: TenantLimits | None = None) -> dict[str, Any]:
+# The version window is the playbooks' to enforce, with the value Ansible resolves for kamaji_tcp_min/max_version
+# (role defaults < the Fulcrum agent configuration < inventory group_vars): the agent checks everything else.
+_ANY_VERSION = ((0, 0), (999, 999))
+
+
+def tenant_spec_for(job: Job, limits: TenantLimits | None = None) -> dict[str, Any]:
     """The validated tenant spec (camelCase, defaults filled) for a job of a known action."""
-    lo, hi = window or (DEFAULT_MIN_MINOR, DEFAULT_MAX_MINOR)
     if job.action in SPEC_ACTIONS:
         source, where = job.params, "params"
         if source is None:
@@ -54,14 +55,13 @@ def tenant_spec_for(job: Job, window: tuple[tuple[int, int], tuple[int, int]] | 
             # creates the job with nil params): a create retried after a failure works on the service's properties
             source, where = job.service.properties or None, "service.properties"
     else:
-        # Lifecycle actions must work on what exists, even if the operator's window or limits moved since.
+        # Lifecycle actions must work on what exists, even if the operator's limits moved since.
         source, where = job.service.properties, "service.properties"
-        lo, hi = (0, 0), (999, 999)
         limits = _UNLIMITED
     if source is None:
         raise JobInputError(f"{where}: the tenant spec is missing")
     try:
-        spec = validate_tenant_spec(source, min_minor=lo, max_minor=hi, limits=limits)
+        spec = validate_tenant_spec(source, min_minor=_ANY_VERSION[0], max_minor=_ANY_VERSION[1], limits=limits)
     except SpecError as e:
         raise JobInputError("; ".join(f"{where}.{path}: {msg}" for path, msg in e.errors)) from None
     return spec.model_dump(mode="json")
@@ -85,8 +85,7 @@ def check_identity(job: Job) -> str:
         raise JobInputError(f"service.name: {e}") from None
 
 
-def build_job_vars(job: Job, window: tuple[tuple[int, int], tuple[int, int]] | None = None,
-                   validate_spec: bool = True, limits: TenantLimits | None = None) -> dict[str, Any]:
+def build_job_vars(job: Job, validate_spec: bool = True, limits: TenantLimits | None = None) -> dict[str, Any]:
     """The vars document for a job. Custom actions (and every action when validate_spec is off) get their raw
     params (the service's properties when the job has none) under `agentkube_params`."""
     tenant = check_identity(job)
@@ -98,7 +97,7 @@ def build_job_vars(job: Job, window: tuple[tuple[int, int], tuple[int, int]] | N
         "agentkube_previous": previous,
     }
     if validate_spec and (job.action in SPEC_ACTIONS or job.action in LIFECYCLE_ACTIONS):
-        doc["agentkube_tenant"] = tenant_spec_for(job, window, limits)
+        doc["agentkube_tenant"] = tenant_spec_for(job, limits)
     else:
         doc["agentkube_params"] = job.params if job.params is not None else job.service.properties
     return doc

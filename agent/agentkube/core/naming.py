@@ -1,7 +1,7 @@
 """The one derivation of Kubernetes/Proxmox names from a Fulcrum service's identity.
 
 Used by the agent (vars file), by `agentkube render`, and by the playbooks through the
-`agentkube_tenant_name` filters (playbooks/filter_plugins), so every layer agrees on a name.
+`agentkube_tenant_name` filters (plugins/filter), so every layer agrees on a name.
 
 A tenant's name is a DNS-1035 label (Kamaji's admission refuses anything else for a TCP:
 clastix/kamaji internal/webhook/handlers/tcp_name.go). It is derived once, at create, from the service name and

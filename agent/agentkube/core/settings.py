@@ -107,28 +107,32 @@ class RunnerSettings(_Section):
         return self.timeout_s.get(action, self.default_timeout_s)
 
 
+# The version window and the tenants' namespace are role variables (one channel: role defaults < the Fulcrum
+# agent configuration < inventory group_vars); the agent's own copies are gone.
+MOVED_TENANCY_SETTINGS = {
+    "min_version": "kamaji_tcp_min_version in the inventory's group_vars (or the Fulcrum agent configuration)",
+    "max_version": "kamaji_tcp_max_version in the inventory's group_vars (or the Fulcrum agent configuration)",
+    "namespace": "kamaji_tcp_namespace in the inventory's group_vars (or the Fulcrum agent configuration)",
+}
+
+
 class TenancySettings(_Section):
-    """Operator rules the agent checks before a job touches anything (the playbooks check them again)."""
+    """Operator rules the agent checks before a job touches anything (the playbooks check them again). The version
+    window is not among them: it is a role variable (kamaji_tcp_min/max_version) the playbooks enforce."""
 
     validate_spec: bool = Field(True, description="validate params/properties as the tenant spec; false only for "
                                 "an agent that serves another service type through custom playbooks")
-    min_version: str = "v1.33"
-    max_version: str = "v1.36"
     limits: TenantLimits = Field(default_factory=TenantLimits, description="quotas and the address policy")
 
-    @field_validator("min_version", "max_version")
+    @model_validator(mode="before")
     @classmethod
-    def _minor(cls, v: str) -> str:
-        parts = v.removeprefix("v").split(".")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"{v!r} must be of the form vMAJOR.MINOR (e.g. v1.33)")
-        return v
-
-    def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        def t(v: str) -> tuple[int, int]:
-            a, b = v.removeprefix("v").split(".")
-            return int(a), int(b)
-        return t(self.min_version), t(self.max_version)
+    def _moved(cls, data: Any) -> Any:
+        """Settings that moved to the inventory, named with their new place rather than as unknown keys."""
+        moved = sorted(set(data) & set(MOVED_TENANCY_SETTINGS)) if isinstance(data, dict) else []
+        if moved:
+            raise ValueError("; ".join(f"tenancy.{key} is no longer an agent setting: set {MOVED_TENANCY_SETTINGS[key]}"
+                                       for key in moved))
+        return data
 
 
 class MetricsSettings(_Section):

@@ -2,7 +2,7 @@
 
 The kamaji_tcp role renders the same template file through Ansible's `template` lookup, with the same
 variables (`agentkube_tenant`, `agentkube_tenant_name`, `agentkube_service`, `kamaji_tcp_*`) and the filters
-of TEMPLATE_FILTERS (the role gets them from playbooks/filter_plugins/agentkube_filters.py), then
+of TEMPLATE_FILTERS (the role gets them from plugins/filter/agentkube_filters.py), then
 deep-merges `kamaji_tcp_extra_spec` into `.spec` with `deep_merge`. So `agentkube render tcp` prints what the
 role applies.
 Rendering reads the template file; nothing else here does I/O.
@@ -21,14 +21,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agentkube.core.naming import tenant_name
-from agentkube.core.project import project_dir
+from agentkube.core.project import COLLECTION, project_dir
 from agentkube.core.tenant_spec import (
-    DEFAULT_MAX_MINOR,
-    DEFAULT_MIN_MINOR,
     DNS1123_LABEL,
     LABEL_VALUE_RE,
     TenantSpec,
 )
+from agentkube.core.version_window import default_window, minor_str, parse_minor
 
 API_VERSION = "kamaji.clastix.io/v1alpha1"
 KIND = "TenantControlPlane"
@@ -43,7 +42,6 @@ ANNOTATION_SERVICE_NAME = "agentkube.io/service-name"
 TEMPLATE_NAME = "tenant-control-plane.yaml.j2"
 TEMPLATES_DIR_ENV = "AGENTKUBE_TEMPLATES_DIR"
 
-MINOR_RE = re.compile(r"v?(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)")  # fullmatch
 SETTINGS_VAR_PREFIX = "kamaji_tcp_"
 
 
@@ -122,18 +120,6 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def parse_minor(value: str) -> tuple[int, int]:
-    """'v1.33' or '1.33' -> (1, 33)."""
-    m = MINOR_RE.fullmatch(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a minor version of the form vMAJOR.MINOR (e.g. v1.33)")
-    return int(m["major"]), int(m["minor"])
-
-
-def _minor_str(minor: tuple[int, int]) -> str:
-    return f"v{minor[0]}.{minor[1]}"
-
-
 class TcpSettings(BaseModel):
     """Operator settings that shape a TCP. Each field is the role variable `kamaji_tcp_<field>`, with the
     same default as roles/kamaji_tcp/defaults/main.yml (a unit test keeps them equal)."""
@@ -145,8 +131,8 @@ class TcpSettings(BaseModel):
     cgroup_driver: Literal["systemd", "cgroupfs"] = "systemd"
     konnectivity_port: Annotated[int, Field(ge=1, le=65535)] = 8132
     konnectivity_agent_mode: Literal["DaemonSet", "Deployment"] = "DaemonSet"
-    min_version: str = _minor_str(DEFAULT_MIN_MINOR)
-    max_version: str = _minor_str(DEFAULT_MAX_MINOR)
+    min_version: str = Field(default_factory=lambda: minor_str(default_window()[0]))
+    max_version: str = Field(default_factory=lambda: minor_str(default_window()[1]))
     extra_spec: dict[str, Any] = Field(default_factory=dict)
     template: str = ""  # "" = templates/tenant-control-plane.yaml.j2
 
@@ -216,7 +202,10 @@ def render_template(template_path: Path, variables: dict[str, Any]) -> dict[str,
         trim_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(TEMPLATE_FILTERS)
+    # The template names the collection's filters by their FQCN (agentkube.kamaji.<name>), as the role's
+    # Ansible needs it to; Jinja accepts dotted filter names as they are.
+    env.filters.update({name if name == "to_json" else f"{COLLECTION}.{name}": f
+                        for name, f in TEMPLATE_FILTERS.items()})
     text = env.get_template(template_path.name).render(**variables)
     manifest = yaml.safe_load(text)
     if not isinstance(manifest, dict):

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agentkube.core.version_window import default_window
+
 # Every pattern here is used with fullmatch: `$` would accept a trailing newline.
 DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 VERSION_RE = re.compile(r"v(?P<major>0|[1-9]\d*)\.(?P<minor>0|[1-9]\d*)\.(?P<patch>0|[1-9]\d*)")
@@ -24,10 +26,6 @@ LABEL_VALUE_RE = re.compile(r"(" + _LABEL_NAME + r")?")
 # A DNS-1123 subdomain, optionally wildcarded: apimachinery's IsDNS1123Subdomain / IsWildcardDNS1123Subdomain
 # (staging/src/k8s.io/apimachinery/pkg/util/validation/validation.go), as kubeadm's ValidateCertSANs uses them.
 _DNS_NAME_RE = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
-DEFAULT_MIN_MINOR = (1, 33)
-DEFAULT_MAX_MINOR = (1, 36)
-
 
 def cert_san_problem(san: str) -> str:
     """'' when Kamaji's admission accepts `san` as a certSAN, else why not.
@@ -303,12 +301,15 @@ def _path(loc: tuple[Any, ...]) -> str:
 def validate_tenant_spec(
     data: Any,
     *,
-    min_minor: tuple[int, int] = DEFAULT_MIN_MINOR,
-    max_minor: tuple[int, int] = DEFAULT_MAX_MINOR,
+    min_minor: tuple[int, int] | None = None,
+    max_minor: tuple[int, int] | None = None,
     limits: TenantLimits | None = None,
 ) -> TenantSpec:
     """Validate raw properties; raise SpecError naming every bad field. The version window and the limits are
-    the operator's (TenantLimits' defaults when none are given)."""
+    the operator's (the kamaji_tcp role's default window and TenantLimits' defaults when none are given)."""
+    if min_minor is None or max_minor is None:
+        default_min, default_max = default_window()
+        min_minor, max_minor = min_minor or default_min, max_minor or default_max
     if not isinstance(data, dict):
         raise SpecError([("(root)", "the tenant spec must be a mapping")])
     limits = limits or TenantLimits()

@@ -13,8 +13,8 @@ import concurrent.futures
 import threading
 import time
 
-from ansible.module_utils.proxmox_api import PveApiError
-from ansible.module_utils.proxmox_vm_config import IpPool, claimed_ips
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_api import PveApiError
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_config import IpPool, claimed_ips
 
 
 class AllocationError(Exception):

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.proxmox_vm_config import vm_tags
+
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_config import vm_tags
 
 try:
     from agentkube.core.naming import node_name

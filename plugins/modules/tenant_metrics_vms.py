@@ -6,8 +6,13 @@ from __future__ import annotations
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.proxmox_api import PveApiError, client_argument_spec, client_from_params
-from ansible.module_utils.proxmox_vm_config import split_tags, tag_token
+
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_api import (
+    PveApiError,
+    client_argument_spec,
+    client_from_params,
+)
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_config import split_tags, tag_token
 
 DOCUMENTATION = r"""
 module: tenant_metrics_vms

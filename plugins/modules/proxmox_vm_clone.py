@@ -9,10 +9,20 @@ import threading
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.proxmox_api import PveApiError, client_argument_spec, client_from_params
-from ansible.module_utils.proxmox_vm_allocation import AllocationError, Allocator
-from ansible.module_utils.proxmox_vm_config import IpPool, marker, parse_marker
-from ansible.module_utils.proxmox_vm_ops import Owner, VmGone, destroy, wait_unlocked
+
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_api import (
+    PveApiError,
+    client_argument_spec,
+    client_from_params,
+)
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_allocation import AllocationError, Allocator
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_config import IpPool, marker, parse_marker
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_ops import (
+    Owner,
+    VmGone,
+    destroy,
+    wait_unlocked,
+)
 
 DOCUMENTATION = r"""
 module: proxmox_vm_clone

@@ -6,8 +6,13 @@ from __future__ import annotations
 import concurrent.futures
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.proxmox_api import PveApiError, client_argument_spec, client_from_params
-from ansible.module_utils.proxmox_vm_ops import NotOwned, Owner, destroy
+
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_api import (
+    PveApiError,
+    client_argument_spec,
+    client_from_params,
+)
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_ops import NotOwned, Owner, destroy
 
 DOCUMENTATION = r"""
 module: proxmox_vm_remove

@@ -7,8 +7,13 @@ import concurrent.futures
 import urllib.parse
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.proxmox_api import PveApiError, client_argument_spec, client_from_params
-from ansible.module_utils.proxmox_vm_config import (
+
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_api import (
+    PveApiError,
+    client_argument_spec,
+    client_from_params,
+)
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_config import (
     agent_option,
     boot_disk,
     ipconfig,
@@ -19,7 +24,7 @@ from ansible.module_utils.proxmox_vm_config import (
     split_tags,
     sshkeys_param,
 )
-from ansible.module_utils.proxmox_vm_ops import VmGone, wait_unlocked
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_ops import VmGone, wait_unlocked
 
 DOCUMENTATION = r"""
 module: proxmox_vm_configure

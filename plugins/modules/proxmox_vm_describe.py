@@ -7,8 +7,18 @@ import concurrent.futures
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.proxmox_api import PveApiError, client_argument_spec, client_from_params
-from ansible.module_utils.proxmox_vm_config import claimed_ips, guest_ipv4, ip_of_ipconfig, mac_of
+
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_api import (
+    PveApiError,
+    client_argument_spec,
+    client_from_params,
+)
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_config import (
+    claimed_ips,
+    guest_ipv4,
+    ip_of_ipconfig,
+    mac_of,
+)
 
 DOCUMENTATION = r"""
 module: proxmox_vm_describe

@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ansible.module_utils.proxmox_api import PveApiError
-from ansible.module_utils.proxmox_vm_config import owned_by, split_tags
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_api import PveApiError
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_config import owned_by, split_tags
 
 
 class VmGone(Exception):

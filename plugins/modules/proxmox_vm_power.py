@@ -6,8 +6,20 @@ from __future__ import annotations
 import concurrent.futures
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.proxmox_api import PveApiError, client_argument_spec, client_from_params
-from ansible.module_utils.proxmox_vm_ops import NotOwned, Owner, VmGone, start, stop, wait_unlocked
+
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_api import (
+    PveApiError,
+    client_argument_spec,
+    client_from_params,
+)
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_ops import (
+    NotOwned,
+    Owner,
+    VmGone,
+    start,
+    stop,
+    wait_unlocked,
+)
 
 DOCUMENTATION = r"""
 module: proxmox_vm_power

@@ -9,10 +9,11 @@ from ansible.errors import AnsibleFilterError
 from pydantic import ValidationError
 
 from agentkube.core.naming import tenant_name, tenant_name_belongs
-from agentkube.core.tcp_manifest import TEMPLATE_FILTERS, TcpSettings, deep_merge, parse_minor
+from agentkube.core.tcp_manifest import TEMPLATE_FILTERS, TcpSettings, deep_merge
 from agentkube.core.tcp_status import describe, reached, version_status
 from agentkube.core.tcp_upgrade import UpgradeRefused, plan_upgrade
 from agentkube.core.tenant_spec import SpecError, validate_tenant_spec
+from agentkube.core.version_window import default_window, parse_minor
 
 
 def _plain(value: Any) -> Any:
@@ -59,22 +60,28 @@ def tcps_of_service(resources: Any, service_id: Any) -> list[dict[str, Any]]:
     ]
 
 
-def tenant_spec_errors(data: Any, min_version: str = "v1.33", max_version: str = "v1.36") -> list[str]:
+def _window(min_version: str | None, max_version: str | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The window a play passes (kamaji_tcp_min/max_version); the role's default for a missing bound (a play
+    outside the role does not see the role's defaults)."""
+    default_min, default_max = default_window()
+    return (parse_minor(min_version) if min_version else default_min,
+            parse_minor(max_version) if max_version else default_max)
+
+
+def tenant_spec_errors(data: Any, min_version: str | None = None, max_version: str | None = None) -> list[str]:
     """Every problem of a tenant spec as '<field path>: <message>'; [] when valid."""
+    lo, hi = _window(min_version, max_version)
     try:
-        validate_tenant_spec(
-            _plain(data), min_minor=parse_minor(min_version), max_minor=parse_minor(max_version)
-        )
+        validate_tenant_spec(_plain(data), min_minor=lo, max_minor=hi)
     except SpecError as e:
         return [f"agentkube_tenant.{path}: {msg}" for path, msg in e.errors]
     return []
 
 
-def tenant_spec(data: Any, min_version: str = "v1.33", max_version: str = "v1.36") -> dict[str, Any]:
+def tenant_spec(data: Any, min_version: str | None = None, max_version: str | None = None) -> dict[str, Any]:
     """The tenant spec with every default filled (camelCase); raises on an invalid spec."""
-    spec = validate_tenant_spec(
-        _plain(data), min_minor=parse_minor(min_version), max_minor=parse_minor(max_version)
-    )
+    lo, hi = _window(min_version, max_version)
+    spec = validate_tenant_spec(_plain(data), min_minor=lo, max_minor=hi)
     return spec.model_dump(mode="json")
 
 
@@ -93,18 +100,19 @@ def tcp_settings_errors(variables: dict[str, Any]) -> list[str]:
 def tcp_upgrade_plan(
     current: str,
     desired: str,
-    min_version: str,
-    max_version: str,
+    min_version: str | None,
+    max_version: str | None,
     upgrade_path: dict[str, str] | None = None,
     step_minors: bool = True,
 ) -> dict[str, Any]:
     """{'steps': [versions to apply in order], 'error': ''} or {'steps': [], 'error': why it is refused}."""
     try:
+        lo, hi = _window(min_version, max_version)
         steps = plan_upgrade(
             str(current),
             str(desired),
-            min_minor=parse_minor(min_version),
-            max_minor=parse_minor(max_version),
+            min_minor=lo,
+            max_minor=hi,
             upgrade_path=_plain(upgrade_path),
             step_minors=bool(step_minors),
         )
