@@ -16,6 +16,8 @@ from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_ops im
     NotOwned,
     Owner,
     VmGone,
+    locate,
+    require_owned,
     start,
     stop,
     wait_unlocked,
@@ -31,6 +33,8 @@ description:
     the task fails naming its VMID and the tags found, and nothing is done to it, whatever list of VMs the
     module was given.
   - A start task that ends in an error is retried O(start_retries) times with backoff.
+  - In check mode nothing is started or stopped: each VM's power state is read (and, when it would change, its
+    ownership checked as a real run would) and the VMs a real run would start or stop are reported as changed.
   - Why not community.proxmox.proxmox_kvm state=started/stopped - it does not notice a start task that
     ended in TASK ERROR (it keeps polling until its timeout), polls once a second and acts on one VM per
     task invocation.
@@ -59,7 +63,7 @@ def main():
         lock_timeout={"type": "int", "default": 1800},
         concurrency={"type": "int", "default": 8},
     )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=False)
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     p = module.params
     try:
         client = client_from_params(p)
@@ -70,7 +74,18 @@ def main():
         module.fail_json(msg="service_id must not be empty")
     owner = Owner(p["service_id"], p["owner_tag"])
 
+    def predict(vm):
+        # Check mode: read only. A locked VM is not waited for; its power state is what it is now.
+        entry = locate(client, int(vm["vmid"]), vm["name"])
+        status = client.retrying(lambda: client.vm_status(entry["node"], entry["vmid"])).get("status")
+        if (status == "running") == (p["state"] == "started"):
+            return None
+        require_owned(client, entry, owner)
+        return vm["name"]
+
     def act(vm):
+        if module.check_mode:
+            return predict(vm)
         entry = wait_unlocked(client, int(vm["vmid"]), vm["name"], p["lock_timeout"])
         if p["state"] == "started":
             done = start(client, entry, p["start_retries"], client.retry_delay, owner=owner)

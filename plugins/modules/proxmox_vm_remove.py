@@ -12,7 +12,14 @@ from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_api impor
     client_argument_spec,
     client_from_params,
 )
-from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_ops import NotOwned, Owner, destroy
+from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_ops import (
+    NotOwned,
+    Owner,
+    VmGone,
+    destroy,
+    locate,
+    require_owned,
+)
 
 DOCUMENTATION = r"""
 module: proxmox_vm_remove
@@ -23,6 +30,8 @@ description:
     config carries the owner tag and this service's tag (or, tagged for no service, this service's clone
     marker: a clone not configured yet). Any other VM fails the task naming its VMID and the tags found,
     untouched, whatever list of VMs the module was given.
+  - In check mode nothing is stopped or deleted: the VMs that exist under their name and are the service's are
+    reported as the ones a real run would delete (removed), the others fail as in a real run.
   - A VM that is already gone counts as success. Deleting frees its static address, since the allocation
     record is the VM's own config.
   - Why not community.proxmox.proxmox_kvm state=absent - it polls tasks once a second per VM, one VM per
@@ -48,7 +57,7 @@ def main():
         lock_timeout={"type": "int", "default": 1800},
         concurrency={"type": "int", "default": 4},
     )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=False)
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     p = module.params
     try:
         client = client_from_params(p)
@@ -59,7 +68,22 @@ def main():
         module.fail_json(msg="service_id must not be empty")
     owner = Owner(p["service_id"], p["owner_tag"])
 
+    def predict(vm):
+        # Check mode: read only. A VM that exists under its name and is the service's would be deleted.
+        try:
+            entry = locate(client, int(vm["vmid"]), vm["name"])
+            require_owned(client, entry, owner)
+            return True
+        except VmGone:
+            return False
+        except PveApiError as e:
+            if e.missing:
+                return False
+            raise
+
     def remove(vm):
+        if module.check_mode:
+            return predict(vm)
         return destroy(client, int(vm["vmid"]), vm["name"], p["shutdown_timeout"], p["lock_timeout"], owner=owner)
 
     removed, errors = [], []
