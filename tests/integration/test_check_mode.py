@@ -6,7 +6,6 @@ job` prints them, with the extra options appended."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -34,8 +33,11 @@ def lab(tmp_path_factory):
 def existing(lab, tmp_path_factory):
     """A tenant created for real (TCP Ready, its worker VM running)."""
     svc = lab.create_rehearsal_service("Check Existing")
+    before = snapshot(lab)
     created = playbook(lab, svc["id"], "create", tmp_path_factory.mktemp("existing"))
     assert created.returncode == 0, created.stdout[-4000:]
+    after = snapshot(lab)  # the snapshots see what a real run does, in both emulators
+    assert after[0] != before[0] and after[1] != before[1]
     assert [t["metadata"]["labels"]["agentkube.io/service-id"] for t in lab.kube.list(*TCP, NAMESPACE)] == [svc["id"]]
     assert vms(lab), "the real create made no VM"
     return svc
@@ -135,8 +137,9 @@ def test_tags_validate_runs_the_validation_only(lab, tmp_path):
     assert snapshot(lab) == before
     assert "Check the tenant spec" in run.stdout
     for step in ("kamaji_tcp : Converge to present", "proxmox_vm : Find the VMs the service owns",
-                 "tenant_baseline : Install the CNI", "Return the tenant's state"):
+                 "tenant_baseline : Install the CNI", "TASK [Return the result]"):
         assert step not in run.stdout, f"--tags validate ran {step!r}"
+    assert re.search(r"Return the tenant's state\][^\n]*\nskipping:", run.stdout), "no result without a run"
 
 
 @pytest.mark.parametrize("tags", [["--tags", "validate"], ["--tags", "proxmox"]])
