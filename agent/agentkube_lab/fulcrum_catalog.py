@@ -28,8 +28,10 @@ def register_catalog(emu: FulcrumEmulator, agent_configuration: dict | None = No
     service_type = emu.create_service_type(load_shipped("service-type"))
     extra = {st["name"]: emu.create_service_type(st)["id"] for st in extra_service_types or []}
     agent_type_doc = load_shipped("agent-type")
+    install_templates = {k: agent_type_doc[k] for k in ("configTemplate", "cmdTemplate", "configContentType")
+                         if k in agent_type_doc}
     agent_type = emu.create_agent_type(agent_type_doc["name"], [service_type["id"], *extra.values()],
-                                       agent_type_doc.get("configurationSchema"))
+                                       agent_type_doc.get("configurationSchema"), install_templates)
     for metric_type in load_shipped("metric-types"):
         emu.create_metric_type(metric_type["name"], metric_type["entityType"])
     agent = emu.create_agent("lab-agent", provider["id"], agent_type["id"], agent_configuration or {})

@@ -132,6 +132,7 @@ class FulcrumEmulator:
         self._thread.start()
         self._stopping.clear()
         self.state.restart_schedule()  # Core's scheduler starts with the server
+        self.state.public_base_url = self.url[: -len(BASE_PATH)]  # Core's PUBLIC_BASE_URL: install URLs
         self._scheduler = threading.Thread(
             target=self._maintenance_loop, name=f"fulcrum-maintenance-{self._port}", daemon=True
         )
@@ -191,17 +192,25 @@ class FulcrumEmulator:
         return self.state.create_service_type(body)
 
     def create_agent_type(
-        self, name: str, service_type_ids: list[str], configuration_schema: dict | None = None
+        self, name: str, service_type_ids: list[str], configuration_schema: dict | None = None,
+        install_templates: dict | None = None,
     ) -> dict:
         """Core refuses a configurationSchema without properties (pkg/schema/engine.go ValidateSchema): without
-        one, this helper registers DEFAULT_CONFIGURATION_SCHEMA, a single optional string property."""
+        one, this helper registers DEFAULT_CONFIGURATION_SCHEMA, a single optional string property.
+        `install_templates`: configTemplate, cmdTemplate, configContentType (the install flow)."""
         return self.state.create_agent_type(
             {
                 "name": name,
                 "serviceTypeIds": list(service_type_ids),
                 "configurationSchema": configuration_schema or copy.deepcopy(DEFAULT_CONFIGURATION_SCHEMA),
+                **(install_templates or {}),
             }
         )
+
+    def create_install_command(self, agent_id: str) -> dict:
+        """POST /agents/{id}/install-command as an admin: {installCommand, url, expiresAt} (the plain install
+        token and bootstrap bearer are in installCommand/url, only here)."""
+        return self.state.create_install_command(agent_id)
 
     def create_agent(
         self,

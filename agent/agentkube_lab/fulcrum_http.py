@@ -37,6 +37,14 @@ class RequestRecord(NamedTuple):
     handled_status: int | None = None
 
 
+class RawBody(NamedTuple):
+    """A handler's answer that is not JSON (the install config: Core writes the rendered template as is)."""
+
+    content_type: str
+    text: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
 class _Call(NamedTuple):
     identity: Identity
     match: re.Match[str]
@@ -148,6 +156,28 @@ def _metric_entries(state: FulcrumState, call: _Call) -> tuple[int, Any]:
     return _paged(entries, call)
 
 
+def _install_fetch(state: FulcrumState, call: _Call) -> tuple[int, Any]:
+    # Fetch (pkg/api/handlers_agent_install_token.go): the rendered config as is, with its content type,
+    # Cache-Control: no-store and X-Content-Type-Options: nosniff
+    content_type, text = state.fetch_install_config(call.match["token"])
+    return 200, RawBody(content_type, text, (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")))
+
+
+def _install_command(method: str) -> Handler:
+    def handle(state: FulcrumState, call: _Call) -> tuple[int, Any]:
+        aid = state.authz_agent(call.identity, call.match["id"], "read" if method == "GET" else "update")
+        if method == "GET":
+            return 200, state.get_install_command(aid)
+        if method == "DELETE":
+            state.revoke_install_command(aid)
+            return 204, None
+        if method == "REGENERATE":
+            return 200, state.regenerate_install_command(aid)
+        return 201, state.create_install_command(aid)
+
+    return handle
+
+
 # (method, path regex under /api/v1, who may call, decodes a body, handler). More specific paths come first.
 # `decodes a body`: the route has Core's DecodeBody middleware (pkg/middlewares/request.go), so an empty or
 # non-object body is refused with 400 before the authorization from the id. Roles: MustHaveRoles and the
@@ -157,6 +187,13 @@ ROUTES: list[tuple[str, re.Pattern[str], str, bool, Handler]] = [
     (m, re.compile(p + r"/?$"), who, decode, h)
     for m, p, who, decode, h in [
         ("GET", r"/agents/me", AGENT, False, lambda s, c: (200, s.agent_me(c.identity))),
+        # the install flow (pkg/api/handlers_agent_install_token.go Routes): the fetch takes any admin,
+        # participant or agent bearer (MustHaveRoles), the rest AuthzFromID on the agent (see authz_agent)
+        ("GET", r"/agents/install/(?P<token>[^/]*)/config", ANY, False, _install_fetch),
+        ("GET", rf"/agents/{_ID}/install-command", ANY, False, _install_command("GET")),
+        ("POST", rf"/agents/{_ID}/install-command", ANY, False, _install_command("POST")),
+        ("DELETE", rf"/agents/{_ID}/install-command", ANY, False, _install_command("DELETE")),
+        ("POST", rf"/agents/{_ID}/install-command/regenerate", ANY, False, _install_command("REGENERATE")),
         ("PUT", r"/agents/me/status", AGENT, True, lambda s, c: (200, s.update_agent_status(c.identity, _body(c)))),
         ("GET", rf"/agents/{_ID}", ADMIN, False, lambda s, c: (200, s.get_agent(parse_uuid(c.match["id"])))),
         ("POST", r"/agents", ADMIN, True, lambda s, c: (201, s.create_agent(_body(c)))),
@@ -327,9 +364,16 @@ class _FulcrumRequestHandler(BaseHTTPRequestHandler):
             return
         if response is not None and re.match(rf"{BASE_PATH}/vault/secrets/", self.path) and status == 200:
             response = {"value": "***"}  # a secret never lands in the log
+        path = self.path
+        if re.match(rf"{BASE_PATH}/agents/install/", path):
+            # the install token is in the path and the rendered config may hold secrets: neither is kept
+            path = re.sub(r"(/agents/install/)[^/?]*", r"\1***", path)
+            response = "***" if isinstance(response, RawBody) else response
+        elif isinstance(response, dict) and "installCommand" in response:
+            response = {**response, "installCommand": "***", "url": "***"}
         with self.server.log_lock:
             self.server.request_log.append(
-                RequestRecord(self.command, self.path, body, status, response, handled_status)
+                RequestRecord(self.command, path, body, status, response, handled_status)
             )
 
     def _drop(self) -> None:
@@ -338,6 +382,16 @@ class _FulcrumRequestHandler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
 
     def _send(self, status: int, payload: Any) -> None:
+        if isinstance(payload, RawBody):
+            data = payload.text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", payload.content_type)
+            for name, value in payload.headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         data = b"" if payload is None or status == 204 else json.dumps(payload).encode()
         self.send_response(status)
         if data:

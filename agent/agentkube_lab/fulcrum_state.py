@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import hmac
 import math
+import re
 import secrets
 import threading
 import time
@@ -23,11 +24,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentkube_lab import fulcrum_lifecycle as lifecycle
+from agentkube_lab import go_template
 from agentkube_lab.fulcrum_properties import (
     ACTOR_AGENT,
     ACTOR_USER,
     ENGINE_AGENT_CONFIG,
     ENGINE_SERVICE,
+    VAULT_PREFIX,
     PropertyValidationError,
     SchemaError,
     apply_create,
@@ -50,6 +53,9 @@ CORE_JOB_RETENTION = 30 * 24 * 3600.0
 CORE_JOB_TIMEOUT = 300.0
 CORE_AGENT_HEALTH_TIMEOUT = 30.0
 NOT_FOUND = "resource not found: record not found"  # domain.NotFoundError around gorm.ErrRecordNotFound
+INSTALL_TOKEN_TTL = 300.0  # pkg/domain/agent_install_token.go installTokenTTL = 5 * time.Minute
+INSTALL_CONFIG_PATH = "/api/v1/agents/install/{token}/config"  # pkg/api/handlers_agent_install_token.go
+CMD_TEMPLATE_EXTRA_KEYS = ("configUrl", "authToken")  # pkg/domain/agent_type_template.go
 
 
 class ApiError(Exception):
@@ -108,6 +114,21 @@ class _Token:
     participant_id: str | None
     expire_at: float
     created_at: float
+
+
+@dataclass
+class _InstallToken:
+    """pkg/domain/agent_install_token.go AgentInstallToken: one per agent, the plain token never kept (its hash
+    is), a bootstrap agent-role bearer minted with it and expiring with it. `used_at`: the emulator's single use
+    (see fetch_install_config)."""
+
+    id: str
+    agent_id: str
+    token_hashed: str
+    expires_at: float
+    created_at: float
+    bootstrap_hash: str
+    used_at: float | None = None
 
 
 @dataclass
@@ -302,6 +323,10 @@ class FulcrumState:
         self.status_history: list[tuple[float, str]] = []
         self.status_history_by_agent: dict[str, list[tuple[float, str]]] = {}
         self.maintenance_runs: list[tuple[str, float]] = []  # ("job"|"agent", clock time of the run)
+        self.install_tokens: dict[str, _InstallToken] = {}  # agent id -> its install token
+        # why each install fetch answered 404 (Core's slog line: the reason only, never the token)
+        self.install_fetch_misses: list[str] = []
+        self.public_base_url = "http://127.0.0.1"  # Core's PUBLIC_BASE_URL; the emulator sets its own at start
         self._seq = 0
         self._next_due: dict[str, float] = {}
         self.restart_schedule()
@@ -554,6 +579,11 @@ class FulcrumState:
             validate_schema(config_schema, ENGINE_AGENT_CONFIG)
         except SchemaError as exc:
             raise _invalid(f"configurationSchema: {exc}") from None
+        templates = {k: _optional_str(body, k, "CreateAgentTypeReq.") or "" for k in
+                     ("configTemplate", "cmdTemplate", "configContentType")}
+        # NewAgentType: an empty configContentType is text/plain
+        templates["configContentType"] = templates["configContentType"] or "text/plain"
+        _validate_install_templates(config_schema, templates)
         with self.lock:
             st_ids = [_parse_uuid(s, "serviceTypeIds") for s in st_ids]
             for st in st_ids:
@@ -566,6 +596,7 @@ class FulcrumState:
                 "name": name,
                 "serviceTypeIds": st_ids,
                 "configurationSchema": copy.deepcopy(config_schema),
+                **templates,
                 "createdAt": now,
                 "updatedAt": now,
             }
@@ -1117,6 +1148,220 @@ class FulcrumState:
             if ref not in self.vault:
                 raise ApiError(404, "secret not found")
             return {"value": self.vault[ref][0]}
+
+    # ------------------------------------------------------------- install command
+    # pkg/api/handlers_agent_install_token.go (routes, Create/Regenerate/Get/Revoke/Fetch),
+    # pkg/domain/agent_install_token.go (the commander), pkg/domain/agent_install.go (rendering).
+    def authz_agent(self, identity: Identity, agent_id: str, action: str) -> str:
+        """AuthzFromID(ObjectTypeAgent, action) on the install-command routes (pkg/api/handlers_agent_install_token.go
+        Routes, pkg/authz/rules.go): an unknown agent fails the loader -> 403; `update` (create, regenerate,
+        revoke) is admin or participant only; `read` (the metadata) also lets an agent read its own."""
+        aid = parse_uuid(agent_id)
+        with self.lock:
+            if aid not in self.agents:
+                raise ApiError(403, f"cannot load resource: {NOT_FOUND}")
+            if identity.role == "agent":
+                if action != "read":
+                    raise ApiError(403, f"access denied: user role 'agent' cannot {action} agent")
+                if identity.agent_id != aid:
+                    raise ApiError(403, "access denied: object context does not match identity")
+            return aid
+
+    def _agent_with_templates(self, agent_id: str) -> _Agent:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            raise ApiError(404, NOT_FOUND)
+        agent_type = self.agent_types.get(agent.agent_type_id) or {}
+        # AgentType.HasInstallTemplates: both set
+        if not (agent_type.get("configTemplate") and agent_type.get("cmdTemplate")):
+            raise _invalid("agent type has no install templates configured")
+        return agent
+
+    def _mint_install_token(self, agent: _Agent, existing: _InstallToken | None) -> dict:
+        """Create/Regenerate: a fresh token (generateSecureToken: 32 random bytes, base64url), expiry now + 5 min,
+        a bootstrap agent-role bearer scoped to the agent expiring with it (mintBootstrapToken), the old one
+        deleted on regenerate; then the response (renderInstallToken): the cmdTemplate rendered on the agent's
+        configuration as stored (vault references unresolved) plus configUrl and authToken."""
+        now = self.clock()
+        expires_at = now + INSTALL_TOKEN_TTL
+        if existing is not None:
+            self.tokens.pop(existing.bootstrap_hash, None)
+        plain = secrets.token_urlsafe(32) + "="  # base64.URLEncoding of 32 bytes: 43 characters and one '='
+        bootstrap = secrets.token_urlsafe(32) + "="
+        self.tokens[_hash(bootstrap)] = _Token(_new_id(), f"install-bootstrap-{agent.id}", "agent", agent.id, None,
+                                               expires_at, now)
+        token = _InstallToken(existing.id if existing else _new_id(), agent.id, _hash(plain), expires_at,
+                              existing.created_at if existing else now, _hash(bootstrap))
+        self.install_tokens[agent.id] = token
+        url = self.public_base_url.rstrip("/") + INSTALL_CONFIG_PATH.replace("{token}", plain, 1)
+        agent_type = self.agent_types[agent.agent_type_id]
+        data = {**copy.deepcopy(agent.configuration or {}), "configUrl": url, "authToken": bootstrap}
+        try:
+            command = _execute_template("cmdTemplate", agent_type["cmdTemplate"], data)
+        except ValueError as exc:
+            raise ApiError(500, str(exc)) from None  # ErrInternal
+        return {"installCommand": command, "url": url, "expiresAt": rfc3339(expires_at)}
+
+    def create_install_command(self, agent_id: str) -> dict:
+        """POST /agents/{id}/install-command -> 201. An unknown agent 404, no templates 400, a token already
+        there (expired or not) 409: Regenerate is the way to rotate."""
+        with self.lock:
+            agent = self._agent_with_templates(agent_id)
+            if agent_id in self.install_tokens:
+                raise ApiError(409, f"install token already exists for agent {agent_id}")
+            return self._mint_install_token(agent, None)
+
+    def regenerate_install_command(self, agent_id: str) -> dict:
+        """POST /agents/{id}/install-command/regenerate -> 200; 404 when there is no token yet."""
+        with self.lock:
+            agent = self._agent_with_templates(agent_id)
+            existing = self.install_tokens.get(agent_id)
+            if existing is None:
+                raise ApiError(404, NOT_FOUND)
+            return self._mint_install_token(agent, existing)
+
+    def get_install_command(self, agent_id: str) -> dict:
+        """GET /agents/{id}/install-command: metadata only (never the token or the URL), also when expired."""
+        with self.lock:
+            token = self.install_tokens.get(agent_id)
+            if agent_id not in self.agents or token is None:
+                raise ApiError(404, NOT_FOUND)
+            return {"id": token.id, "expiresAt": rfc3339(token.expires_at), "createdAt": rfc3339(token.created_at)}
+
+    def revoke_install_command(self, agent_id: str) -> None:
+        """DELETE /agents/{id}/install-command -> 204: the token and its bootstrap bearer are gone."""
+        with self.lock:
+            token = self.install_tokens.get(agent_id)
+            if agent_id not in self.agents or token is None:
+                raise ApiError(404, NOT_FOUND)
+            self.tokens.pop(token.bootstrap_hash, None)
+            del self.install_tokens[agent_id]
+
+    def fetch_install_config(self, plain_token: str) -> tuple[str, str]:
+        """GET /agents/install/{token}/config, past the auth middleware (any admin/participant/agent bearer):
+        (content type, rendered configTemplate). Every failure is the same 404 (ErrNotFound, no error text); the
+        reason goes to install_fetch_misses as Core logs it. The configTemplate sees the agent's configuration
+        with its secrets resolved (schema.ResolveSecrets), nothing else.
+
+        Single use: Core's Fetch does not consume the token (it stays valid until it expires, is regenerated or
+        revoked), while the OpenAPI file calls it "single-use per install". The emulator takes the stricter
+        reading: a served token is spent, so an installer that fetches twice fails here first."""
+        with self.lock:
+
+            def miss(reason: str) -> ApiError:
+                self.install_fetch_misses.append(reason)
+                return ApiError(404, NOT_FOUND)
+
+            if not plain_token:
+                raise miss("empty token")
+            hashed = _hash(plain_token)
+            token = next((t for t in self.install_tokens.values() if hmac.compare_digest(t.token_hashed, hashed)),
+                         None)
+            if token is None:
+                raise miss("install token not found")
+            if self.clock() > token.expires_at:  # AgentInstallToken.IsExpired: now after ExpiresAt
+                raise miss("install token expired")
+            if token.used_at is not None:
+                raise miss("install token already used (emulator: single use)")
+            agent = self.agents.get(token.agent_id)
+            agent_type = self.agent_types.get(agent.agent_type_id) if agent else None
+            if agent_type is None or not (agent_type.get("configTemplate") and agent_type.get("cmdTemplate")):
+                raise miss("agent type has no install templates configured")
+            schema = agent_type.get("configurationSchema") or {}
+            try:
+                data = _resolve_secrets(self, schema.get("properties") or {}, copy.deepcopy(agent.configuration or {}))
+            except KeyError as exc:
+                raise miss(f"vault resolution failed: {exc.args[0]}") from None
+            try:
+                body = _execute_template("configTemplate", agent_type["configTemplate"], data)
+            except ValueError as exc:
+                raise miss(f"config template render failed: {exc}") from None
+            token.used_at = self.clock()
+            return agent_type["configContentType"], body
+
+
+def _mock_for(definition: dict) -> Any:
+    """pkg/domain/agent_type_template.go mockForDef: a zero value per property type."""
+    kind = definition.get("type")
+    if kind in ("integer", "number"):
+        return 0
+    if kind == "boolean":
+        return False
+    if kind == "object":
+        return {k: _mock_for(d) for k, d in (definition.get("properties") or {}).items()}
+    if kind == "array":
+        return [_mock_for(definition["items"])] if isinstance(definition.get("items"), dict) else []
+    return ""
+
+
+def _execute_template(name: str, text: str, data: dict) -> str:
+    """executeTemplate (pkg/domain/agent_type_template.go): missingkey=error, a missing key rewritten to
+    '<name> references unknown property "<key>"'. Raises ValueError with Core's message."""
+    if not text:
+        return ""
+    try:
+        return go_template.render(name, text, data, missingkey="error")
+    except go_template.TemplateUnsupported as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    except go_template.TemplateError as exc:
+        if m := re.search(r'map has no entry for key "([^"]+)"', str(exc)):
+            raise ValueError(f'{name} references unknown property "{m.group(1)}"') from None
+        raise ValueError(f"{name}: {exc}") from None
+
+
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+                         r"""(\s*;\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+=("[^"]*"|[!#$%&'*+.^_`|~0-9A-Za-z-]+))*\s*;?\s*""")
+
+
+def _validate_install_templates(config_schema: dict, templates: dict[str, str]) -> None:
+    """AgentType.validateTemplates (pkg/domain/agent_type_template.go), run by ValidateWithEngine at create
+    (pkg/domain/agent_type.go; InvalidInputError -> 400): both templates execute on mock data of the schema
+    (the cmdTemplate also sees configUrl and authToken), both are set or both empty, a cmdTemplate beside a
+    configTemplate references both {{.configUrl}} and {{.authToken}}, configContentType is a media type."""
+    props = config_schema.get("properties") or {}
+    config_data = {k: _mock_for(d) for k, d in props.items()}
+    config_text, cmd_text = templates["configTemplate"], templates["cmdTemplate"]
+    try:
+        _execute_template("configTemplate", config_text, config_data)
+        _execute_template("cmdTemplate", cmd_text, {**config_data, **dict.fromkeys(CMD_TEMPLATE_EXTRA_KEYS, "")})
+        if bool(config_text) != bool(cmd_text):
+            raise ValueError("configTemplate and cmdTemplate must both be set or both be empty")
+        if config_text and cmd_text:
+            for required in CMD_TEMPLATE_EXTRA_KEYS:
+                data = {**config_data, **{k: "" for k in CMD_TEMPLATE_EXTRA_KEYS if k != required}}
+                try:
+                    _execute_template("cmdTemplate", cmd_text, data)
+                except ValueError as exc:
+                    if required not in str(exc):
+                        raise
+                    continue
+                raise ValueError(f"cmdTemplate must reference {{{{.{required}}}}} when configTemplate is set")
+        content_type = templates["configContentType"]
+        if not _MEDIA_TYPE.fullmatch(content_type):
+            raise ValueError(f"configContentType {content_type!r} is not a valid media type")
+    except ValueError as exc:
+        raise _invalid(str(exc)) from None
+
+
+def _resolve_secrets(state: FulcrumState, definitions: dict, props: dict) -> dict:
+    """schema.ResolveSecrets (pkg/schema/vault_refs.go): a `vault://ref` in a property marked secret becomes the
+    vault's value (an unknown ref is an error), nested objects and arrays resolved likewise, the rest as is."""
+
+    def value_of(definition: dict, value: Any) -> Any:
+        if definition.get("secret") is not None:
+            if isinstance(value, str) and value.startswith(VAULT_PREFIX):
+                ref = value[len(VAULT_PREFIX):]
+                if ref not in state.vault:
+                    raise KeyError(f"secret {ref} not found")
+                return state.vault[ref][0]
+            return value
+        if definition.get("type") == "object" and isinstance(value, dict) and definition.get("properties"):
+            return _resolve_secrets(state, definition["properties"], value)
+        if definition.get("type") == "array" and isinstance(value, list) and isinstance(definition.get("items"), dict):
+            return [value_of(definition["items"], v) for v in value]
+        return value
+
+    return {k: (value_of(definitions[k], v) if k in definitions else v) for k, v in props.items()}
 
 
 def _parse_job_status(value: str) -> str:
