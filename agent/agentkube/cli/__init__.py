@@ -35,6 +35,7 @@ SUBCOMMAND_MODULES = (
     "agentkube.cli.demo_cmd",
     "agentkube.cli.render_cmd",
     "agentkube.cli.validate_cmd",
+    "agentkube.cli.install_cmd",
 )
 
 
