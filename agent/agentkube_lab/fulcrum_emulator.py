@@ -27,6 +27,9 @@ Fidelity (fulcrumproject/core at 499230a, each rule cites its Core file where it
   property updates (so those are lost on update, as in Core); the job timeout fails the job only;
 - jobs without params carry no `params` key and services without agentInstanceId no such key (omitempty);
 - an agentInstanceId another service holds breaks Core's unique index: 500, nothing applied;
+- the install flow (pkg/api/handlers_agent_install_token.go): agent types' configTemplate/cmdTemplate checked at create
+  and rendered with a text/template subset (go_template, missingkey=error), a 5-minute install token with its
+  bootstrap agent bearer, every fetch failure the same 404; the token is single use here (Core: until expiry);
 - only agent tokens are issued (default lifetime 24 h, like Core); serviceOption/serviceReference validators
   and pool generators have their configuration checked but accept every value and generate nothing; an
   agent's configuration is stored as given, whereas Core runs it through the agent configuration engine
