@@ -42,7 +42,7 @@ def _install_command(emu: FulcrumEmulator, catalog: Catalog, ca_file: Path) -> d
     return resp.json()
 
 
-def _run_as_rendered(command: str, extra: list[str], tmp: Path) -> subprocess.CompletedProcess:
+def _run_as_rendered(command: str, extra: list[str], tmp: Path, verbose: bool = False) -> subprocess.CompletedProcess:
     """The installCommand as Core rendered it: `VAR='bearer' /opt/agentkube/bin/agentkube install --config-url
     '<url>'`, with this checkout's agentkube instead of /opt/agentkube/bin/agentkube and lab-only options added."""
     words = shlex.split(command)
@@ -52,8 +52,8 @@ def _run_as_rendered(command: str, extra: list[str], tmp: Path) -> subprocess.Co
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTKUBE_")}
     env.update(dict(a.split("=", 1) for a in assignments))
     env["HOME"] = str(tmp)
-    return subprocess.run([*AGENTKUBE, *words[program_at + 1:], *extra], env=env, capture_output=True, text=True,
-                          timeout=60)
+    argv = [*AGENTKUBE, *(["-v"] if verbose else []), *words[program_at + 1:], *extra]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_install_command_writes_a_config_the_agent_runs_with_and_is_single_use(lab, tmp_path):
@@ -69,7 +69,7 @@ def test_install_command_writes_a_config_the_agent_runs_with_and_is_single_use(l
     secrets_ = [catalog.agent_token, bearer, minted["url"].split("/agents/install/")[1].split("/")[0]]
 
     extra = ["--output", str(output), "--ca-file", str(ca_file), "--token-file", str(token_file)]
-    first = _run_as_rendered(minted["installCommand"], extra, tmp_path)
+    first = _run_as_rendered(minted["installCommand"], extra, tmp_path, verbose=True)  # debug logs: no token either
     assert first.returncode == 0, first.stderr
     assert stat.S_IMODE(output.stat().st_mode) == 0o600
     assert sorted(p.name for p in output.parent.iterdir()) == ["agent.yaml"]  # no temporary file left
