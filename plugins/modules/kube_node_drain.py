@@ -16,16 +16,21 @@ DOCUMENTATION = r"""
 module: kube_node_drain
 short_description: Drain a Node, honouring PodDisruptionBudgets, within a time bound
 description:
-  - Cordons the Node, then evicts (POST pods/<name>/eviction, policy/v1) every pod on it that C(kubectl drain)
+  - >-
+    Cordons the Node, then evicts (POST pods/<name>/eviction, policy/v1) every pod on it that C(kubectl drain)
     would evict, and waits until they are gone (Terminating pods included, they still run).
-  - An eviction refused with 429 TooManyRequests (a PodDisruptionBudget that allows no disruption now) is retried
+  - >-
+    An eviction refused with 429 TooManyRequests (a PodDisruptionBudget that allows no disruption now) is retried
     every O(retry_delay_seconds) until O(timeout_seconds) have passed, as C(kubectl drain) does.
-  - When the bound runs out, or an eviction fails otherwise, the Node is uncordoned (when this run cordoned it)
+  - >-
+    When the bound runs out, or an eviction fails otherwise, the Node is uncordoned (when this run cordoned it)
     and the module fails naming the Node, the pods left, and each PodDisruptionBudget that refused them with the
     API server's own reason.
-  - Why not kubernetes.core.k8s_drain - it fails on the first 429 and its wait only warns when pods are still
+  - >-
+    Why not kubernetes.core.k8s_drain - it fails on the first 429 and its wait only warns when pods are still
     there at its timeout.
-  - Which pods are evicted follows k8s.io/kubectl pkg/drain/filters.go; mirror pods are skipped, DaemonSet pods
+  - >-
+    Which pods are evicted follows k8s.io/kubectl pkg/drain/filters.go; mirror pods are skipped, DaemonSet pods
     are skipped with O(ignore_daemonsets) (else an error), pods without a controller need O(force), pods with
     emptyDir volumes need O(delete_emptydir_data); finished pods (Succeeded, Failed) are always deleted.
 options:

@@ -28,19 +28,24 @@ DOCUMENTATION = r"""
 module: proxmox_vm_clone
 short_description: Clone the missing worker VMs in parallel (bounded per storage) and wait for each clone
 description:
-  - Each VM gets a VMID from the operator's range (never a hash, never /cluster/nextid) and, with a static
+  - >-
+    Each VM gets a VMID from the operator's range (never a hash, never /cluster/nextid) and, with a static
     pool, an address no VM of the cluster holds or claims. The clone request writes an ownership marker
     with the claimed address into the new VM's description, so the claim is visible at once.
-  - Every clone UPID is awaited (OK or WARNINGS is success). Transient errors (storage/config lock
+  - >-
+    Every clone UPID is awaited (OK or WARNINGS is success). Transient errors (storage/config lock
     timeouts, locked template) are retried with backoff; a VMID collision (config file already exists, or,
     for an id held on another node, the clone task's `File exists`) is retried with a fresh id. A clone request
     whose answer was lost (a timeout) is never simply sent again: the VM is looked for first, and adopted when it
     is this service's clone of that name.
-  - With a static pool, the claims of concurrent clones are compared once every clone of the cluster shows its
+  - >-
+    With a static pool, the claims of concurrent clones are compared once every clone of the cluster shows its
     config (a clone's config holds only its lock until its disk is copied); of two VMs claiming one address, the
     lower vmid keeps it and the other claims a new one.
-  - Nothing else touches a VM here, and nothing touches it before its clone task has finished.
-  - Why not community.proxmox.proxmox_kvm clone - it clones one VM per task invocation, waits with a
+  - >-
+    Nothing else touches a VM here, and nothing touches it before its clone task has finished.
+  - >-
+    Why not community.proxmox.proxmox_kvm clone - it clones one VM per task invocation, waits with a
     30 s default and 1 s polling, and neither bounds concurrency per storage nor retries collisions.
 options:
   vms: {description: VMs to create (name, pool, index)., type: list, elements: dict, required: true}
@@ -59,6 +64,7 @@ options:
   ip_pool: {description: Static pool (CIDR or a-b range)., type: str, default: ""}
   ip_gateway: {description: Gateway (never handed out)., type: str, default: ""}
   ip_reserved: {description: Addresses never handed out., type: list, elements: str, default: []}
+extends_documentation_fragment: [agentkube.kamaji.proxmox_api]
 author: AgentKube
 """
 

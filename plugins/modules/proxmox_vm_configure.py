@@ -30,16 +30,22 @@ DOCUMENTATION = r"""
 module: proxmox_vm_configure
 short_description: Converge sizing, tags, onboot=1 and cloud-init (ciuser, sshkeys, ipconfig0, nameserver, ciupgrade=0)
 description:
-  - Reads every VM's config first and fails, naming the VM and the sizes, if a disk would have to
+  - >-
+    Reads every VM's config first and fails, naming the VM and the sizes, if a disk would have to
     shrink - before anything is changed.
-  - Fails the same way, naming the VMID and the tags found, if a VM's own config does not carry the owner
+  - >-
+    Fails the same way, naming the VMID and the tags found, if a VM's own config does not carry the owner
     tag and this service's tag (or, tagged for no service, this service's clone marker): nothing is
     changed.
-  - Waits for a VM's lock (e.g. C(clone)) to clear before touching it. Writes only what differs, through
+  - >-
+    Waits for a VM's lock (e.g. C(clone)) to clear before touching it. Writes only what differs, through
     the asynchronous C(POST .../config) and C(PUT .../resize) whose UPIDs are awaited.
-  - With O(cloud_init=false) only sizing and tags are converged (resize of existing VMs).
-  - With O(ip_mode=dhcp) the QEMU guest agent option is enabled too (the address is learned through it).
-  - Why not community.proxmox.proxmox_kvm update / proxmox_disk - both act on one VM per task, re-send
+  - >-
+    With O(cloud_init=false) only sizing and tags are converged (resize of existing VMs).
+  - >-
+    With O(ip_mode=dhcp) the QEMU guest agent option is enabled too (the address is learned through it).
+  - >-
+    Why not community.proxmox.proxmox_kvm update / proxmox_disk - both act on one VM per task, re-send
     every option, and proxmox_disk waits on tasks with 1 s polling; here all VMs converge in parallel.
 options:
   vms:
@@ -60,6 +66,7 @@ options:
   vlan: {description: VLAN tag of net0 (0 = none)., type: int, default: 0}
   concurrency: {description: VMs configured at once., type: int, default: 4}
   lock_timeout: {description: Seconds to wait for a VM lock to clear., type: int, default: 1800}
+extends_documentation_fragment: [agentkube.kamaji.proxmox_api]
 author: AgentKube
 """
 

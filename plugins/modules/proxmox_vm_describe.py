@@ -24,16 +24,19 @@ DOCUMENTATION = r"""
 module: proxmox_vm_describe
 short_description: Describe worker VMs for the playbooks above the role
 description:
-  - Static addresses come from the VM's ipconfig0. With DHCP and O(wait_for_ip), the address of a running
+  - >-
+    Static addresses come from the VM's ipconfig0. With DHCP and O(wait_for_ip), the address of a running
     VM is learned from the guest agent (network-get-interfaces, the interface with net0's MAC), polled
     until O(dhcp_timeout) seconds after the module started (one deadline for all VMs).
-  - Fails naming every VM without an address and the timeout; a VM whose agent is not enabled in its
+  - >-
+    Fails naming every VM without an address and the timeout; a VM whose agent is not enabled in its
     config fails at once.
 options:
   vms: {description: "VMs: name, pool, vmid", type: list, elements: dict, required: true}
   ip_mode: {description: static or dhcp., type: str, choices: [static, dhcp], default: static}
   wait_for_ip: {description: With DHCP, wait for running VMs to report an address., type: bool, default: false}
   dhcp_timeout: {description: Seconds to wait for the guest agents to report an address., type: int, default: 300}
+extends_documentation_fragment: [agentkube.kamaji.proxmox_api]
 author: AgentKube
 """
 

@@ -26,23 +26,28 @@ DOCUMENTATION = r"""
 module: proxmox_vm_inventory
 short_description: Find the worker VMs a service owns, by tags and by the clone-time ownership marker
 description:
-  - Takes the list of VMIDs (and their nodes and live tags) from one C(/cluster/resources) call, then reads
+  - >-
+    Takes the list of VMIDs (and their nodes and live tags) from one C(/cluster/resources) call, then reads
     every candidate's own config - each VM not tagged for another service - for its identity, and its
     C(status/current) for its state. C(/cluster/resources)' C(name) and C(status) come from pvestatd's broadcast,
     up to 10 s old (pve-manager PVE/API2Tools.pm): a fresh clone has no name there, a VM just started shows
     stopped. They are never used here.
-  - Owned means the owner and service tags, or, tagged for no service, this service's marker in the description
+  - >-
+    Owned means the owner and service tags, or, tagged for no service, this service's marker in the description
     (a clone interrupted before it was configured). A clone still copying its disks holds only C(lock: clone)
     (qemu-server clone_vm): it is waited on up to O(clone_wait) seconds until its name and marker show.
-  - Each VM reports C(configured) (it carries the service tag and the cloud-init user written by
+  - >-
+    Each VM reports C(configured) (it carries the service tag and the cloud-init user written by
     proxmox_vm_configure), so of two VMs with one name the configured one is kept.
-  - Why not community.proxmox.proxmox_vm_info: it cannot see the description marker without reading
+  - >-
+    Why not community.proxmox.proxmox_vm_info: it cannot see the description marker without reading
     every VM's config one by one, and half-made clones must be found so re-runs never duplicate them.
 options:
   tenant: {description: Tenant name (prefix of every worker name)., type: str, required: true}
   service_id: {description: Fulcrum service id., type: str, required: true}
   owner_tag: {description: Tag marking the owner., type: str, default: agentkube}
   clone_wait: {description: Seconds to wait for a clone still copying to show its name., type: int, default: 1800}
+extends_documentation_fragment: [agentkube.kamaji.proxmox_api]
 author: AgentKube
 """
 

@@ -16,8 +16,10 @@ DOCUMENTATION = r"""
 module: proxmox_vm_plan
 short_description: Plan worker VMs from the tenant's node pools and the VMs the service owns
 description:
-  - Names come from agentkube.core.naming.node_name (the one derivation every layer uses).
-  - Scale down removes the highest indices of a pool; pools no longer in the spec are removed whole;
+  - >-
+    Names come from agentkube.core.naming.node_name (the one derivation every layer uses).
+  - >-
+    Scale down removes the highest indices of a pool; pools no longer in the spec are removed whole;
     of two VMs with one name (a duplicate), the configured one is kept (then a running one, then the lowest
     vmid); the other is removed.
 options:

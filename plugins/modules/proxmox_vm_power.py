@@ -27,15 +27,20 @@ DOCUMENTATION = r"""
 module: proxmox_vm_power
 short_description: Start worker VMs, or stop them with a graceful shutdown and then a hard stop
 description:
-  - Waits for a VM's lock (e.g. C(clone)) to clear first. Every task's UPID is awaited.
-  - Right before a VM is started, shut down or hard-stopped its config is re-read from Proxmox; unless it
+  - >-
+    Waits for a VM's lock (e.g. C(clone)) to clear first. Every task's UPID is awaited.
+  - >-
+    Right before a VM is started, shut down or hard-stopped its config is re-read from Proxmox; unless it
     carries the owner tag and this service's tag (or, tagged for no service, this service's clone marker)
     the task fails naming its VMID and the tags found, and nothing is done to it, whatever list of VMs the
     module was given.
-  - A start task that ends in an error is retried O(start_retries) times with backoff.
-  - In check mode nothing is started or stopped: each VM's power state is read (and, when it would change, its
+  - >-
+    A start task that ends in an error is retried O(start_retries) times with backoff.
+  - >-
+    In check mode nothing is started or stopped: each VM's power state is read (and, when it would change, its
     ownership checked as a real run would) and the VMs a real run would start or stop are reported as changed.
-  - Why not community.proxmox.proxmox_kvm state=started/stopped - it does not notice a start task that
+  - >-
+    Why not community.proxmox.proxmox_kvm state=started/stopped - it does not notice a start task that
     ended in TASK ERROR (it keeps polling until its timeout), polls once a second and acts on one VM per
     task invocation.
 options:
@@ -47,6 +52,7 @@ options:
   start_retries: {description: Retries of a failed start task., type: int, default: 2}
   lock_timeout: {description: Seconds to wait for a VM lock to clear., type: int, default: 1800}
   concurrency: {description: VMs acted on at once., type: int, default: 8}
+extends_documentation_fragment: [agentkube.kamaji.proxmox_api]
 author: AgentKube
 """
 

@@ -25,16 +25,20 @@ DOCUMENTATION = r"""
 module: proxmox_vm_remove
 short_description: Stop and delete worker VMs with purge=1 and destroy-unreferenced-disks=1
 description:
-  - A VM is deleted only if its vmid still carries the expected name (an id reused by someone else is
+  - >-
+    A VM is deleted only if its vmid still carries the expected name (an id reused by someone else is
     left alone) and, re-read from Proxmox right before it is stopped and again before it is deleted, its own
     config carries the owner tag and this service's tag (or, tagged for no service, this service's clone
     marker: a clone not configured yet). Any other VM fails the task naming its VMID and the tags found,
     untouched, whatever list of VMs the module was given.
-  - In check mode nothing is stopped or deleted: the VMs that exist under their name and are the service's are
+  - >-
+    In check mode nothing is stopped or deleted: the VMs that exist under their name and are the service's are
     reported as the ones a real run would delete (removed), the others fail as in a real run.
-  - A VM that is already gone counts as success. Deleting frees its static address, since the allocation
+  - >-
+    A VM that is already gone counts as success. Deleting frees its static address, since the allocation
     record is the VM's own config.
-  - Why not community.proxmox.proxmox_kvm state=absent - it polls tasks once a second per VM, one VM per
+  - >-
+    Why not community.proxmox.proxmox_kvm state=absent - it polls tasks once a second per VM, one VM per
     task invocation, and does not wait for a clone lock to clear.
 options:
   vms: {description: "VMs: name, vmid", type: list, elements: dict, required: true}
@@ -43,6 +47,7 @@ options:
   shutdown_timeout: {description: PVE seconds for the graceful shutdown before the hard stop., type: int, default: 120}
   lock_timeout: {description: Seconds to wait for a VM lock to clear., type: int, default: 1800}
   concurrency: {description: VMs deleted at once., type: int, default: 4}
+extends_documentation_fragment: [agentkube.kamaji.proxmox_api]
 author: AgentKube
 """
 

@@ -27,11 +27,13 @@ DOCUMENTATION = r"""
 module: tenant_metrics_clusters
 short_description: TCP status and replicas, and each Ready tenant's nodes and pods, in parallel with a bound
 description:
-  - Takes the TenantControlPlanes already listed from the parent cluster (k8s_info) and lists the admin
+  - >-
+    Takes the TenantControlPlanes already listed from the parent cluster (k8s_info) and lists the admin
     kubeconfig Secrets of their namespace in one call (label C(kamaji.clastix.io/component=admin-kubeconfig)),
     so the parent cluster sees a constant number of calls per interval and no credential passes through
     Ansible variables.
-  - Reads the Nodes and the Running Pods of each Ready tenant through its admin kubeconfig, at most
+  - >-
+    Reads the Nodes and the Running Pods of each Ready tenant through its admin kubeconfig, at most
     C(concurrency) tenants at a time. An unreachable tenant is reported in its entry, never fatal.
 options:
   tcps: {description: TenantControlPlane objects (k8s_info resources)., type: list, elements: dict, required: true}

@@ -18,13 +18,17 @@ DOCUMENTATION = r"""
 module: tenant_metrics_vms
 short_description: Usage of every tenant VM from one GET /cluster/resources?type=vm
 description:
-  - One API call per run, whatever the number of VMs (not one call per VM).
-  - Keeps the QEMU VMs (templates excluded) tagged with the owner tag and a C(tenant-<name>) tag, as
+  - >-
+    One API call per run, whatever the number of VMs (not one call per VM).
+  - >-
+    Keeps the QEMU VMs (templates excluded) tagged with the owner tag and a C(tenant-<name>) tag, as
     proxmox_vm tags them, with their status and the usage counters Proxmox reports.
-  - A Proxmox failure (connection, TLS, HTTP error) does not fail the task: the result says C(ok=false)
+  - >-
+    A Proxmox failure (connection, TLS, HTTP error) does not fail the task: the result says C(ok=false)
     and why, so the other metrics of the interval are still reported.
 options:
   owner_tag: {description: Tag marking the VMs agentkube owns., type: str, default: agentkube}
+extends_documentation_fragment: [agentkube.kamaji.proxmox_api]
 author: AgentKube
 """
 
