@@ -102,6 +102,10 @@ def base_image() -> str:
     tag = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     name = f"localhost/agentkube-test-base:{SUITE}-{tag}"
     if _run("podman", "image", "exists", name, check=False).returncode != 0:
+        stale = _run("podman", "images", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout.split()
+        for old in stale:  # imports of an earlier tarball
+            if old.startswith(f"localhost/agentkube-test-base:{SUITE}-"):
+                _run("podman", "rmi", "--force", old, check=False)
         _run("podman", "import", "--change", 'CMD ["/bin/bash"]', str(tarball), name)
     return name
 
