@@ -124,20 +124,23 @@ class RunMonitor:
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def guards(self, jobs_only: bool = True) -> dict[int, str]:
-        """Live run guards under root (of job runs only, or of every run: metrics too): pid -> ident."""
-        out = {}
+        """Live run guards under root (of job runs only, or of every run: metrics too): pid -> ident. A guard's
+        child between fork and exec still shows the guard's command line: a process whose parent is a guard is
+        its ansible-playbook being started, not a second guard."""
+        found: dict[int, tuple[str, int]] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
             if b"agentkube.adapters.run_guard" in argv and b"--pid-file" in argv:
                 run_dir = Path(argv[argv.index(b"--pid-file") + 1].decode()).parent
                 if run_dir.is_relative_to(self.root) and (is_core_id(run_dir.name) or not jobs_only):
-                    out[int(entry.name)] = run_dir.name
-        return out
+                    found[int(entry.name)] = (run_dir.name, ppid)
+        return {pid: ident for pid, (ident, ppid) in found.items() if ppid not in found}
 
     def _watch(self) -> None:
         while not self._stop.is_set():
