@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from agentkube_lab.fulcrum_properties import go_type
+
 NO_VALUE = "<no value>"
 
 
@@ -239,20 +241,6 @@ def go_quote(text: str) -> str:
     return "".join(out)
 
 
-def _go_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "float64"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "map[string]interface {}"
-    if isinstance(value, list):
-        return "[]interface {}"
-    return "<nil>"
-
-
 def _printf(fmt: str, args: list[Any]) -> str:
     """fmt.Sprintf with the verbs %v %s %q %d and %%; Go's error strings for a bad verb or argument."""
     out: list[str] = []
@@ -287,9 +275,9 @@ def _printf(fmt: str, args: list[Any]) -> str:
         elif verb == "d" and isinstance(value, (int, float)) and not isinstance(value, bool):
             out.append(f"%!d(float64={go_float(float(value))})")  # JSON numbers are float64: %d refuses them
         else:
-            out.append(f"%!{verb}({_go_type(value)}={go_sprint(value)})")
+            out.append(f"%!{verb}({go_type(value)}={go_sprint(value)})")
     if n < len(args):
-        extra = ", ".join(f"{_go_type(a)}={go_sprint(a)}" for a in args[n:])
+        extra = ", ".join(f"{go_type(a)}={go_sprint(a)}" for a in args[n:])
         out.append(f"%!(EXTRA {extra})")
     return "".join(out)
 

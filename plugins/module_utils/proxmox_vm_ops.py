@@ -111,15 +111,23 @@ def ha_managed(status: dict) -> bool:
     return bool((status.get("ha") or {}).get("managed"))
 
 
+def power_change_needed(client, vm: dict, owner: Owner, *, running: bool) -> bool:
+    """Whether the VM's power state (status/current, live) differs from the one wanted; when it does, the VM must
+    be the service's (NotOwned otherwise) before anything is done to it. Read only: check mode predicts with it."""
+    status = client.retrying(lambda: client.vm_status(vm["node"], vm["vmid"]))
+    if (status.get("status") == "running") == running:
+        return False
+    require_owned(client, vm, owner)
+    return True
+
+
 def start(client, vm: dict, attempts: int, delay: float, *, owner: Owner, state_timeout: float = 300) -> bool:
     """Start a stopped VM of the service and wait until status/current says running (an HA-managed VM's start
     is a request the HA manager carries out later); a failed start task is retried `attempts` times. True if it
     was started."""
     base = f"/nodes/{vm['node']}/qemu/{vm['vmid']}"
-    status = client.retrying(lambda: client.vm_status(vm["node"], vm["vmid"]))
-    if status.get("status") == "running":
+    if not power_change_needed(client, vm, owner, running=True):
         return False
-    require_owned(client, vm, owner)
     tries = 0
     while True:
         try:
@@ -145,10 +153,8 @@ def stop(client, vm: dict, shutdown_timeout: int, *, owner: Owner, state_timeout
     for status/current to say stopped (HA-managed VMs stop when the HA manager gets to it). True if the VM was
     running."""
     base = f"/nodes/{vm['node']}/qemu/{vm['vmid']}"
-    status = client.retrying(lambda: client.vm_status(vm["node"], vm["vmid"]))
-    if status.get("status") != "running":
+    if not power_change_needed(client, vm, owner, running=False):
         return False
-    require_owned(client, vm, owner)
     try:
         # The task itself gives up at `timeout` (PVE seconds); allow it that long plus the usual task wait.
         client.retrying(lambda: client.run_task(
@@ -180,6 +186,20 @@ def destroy(client, vmid: int, name: str, shutdown_timeout: int, lock_timeout: f
         client.retrying(lambda: client.run_task(
             "DELETE", f"/nodes/{vm['node']}/qemu/{vmid}", vm["node"],
             {"purge": 1, "destroy-unreferenced-disks": 1}))
+        return True
+    except VmGone:
+        return False
+    except PveApiError as e:
+        if e.missing:
+            return False
+        raise
+
+
+def would_destroy(client, vmid: int, name: str, *, owner: Owner) -> bool:
+    """destroy's prediction for check mode, read only: True when the VM exists under its name and is the
+    service's (NotOwned when it is not, as destroy would raise); False when it is already gone."""
+    try:
+        require_owned(client, locate(client, vmid, name), owner)
         return True
     except VmGone:
         return False

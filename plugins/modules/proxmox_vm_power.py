@@ -17,7 +17,7 @@ from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_ops im
     Owner,
     VmGone,
     locate,
-    require_owned,
+    power_change_needed,
     start,
     stop,
     wait_unlocked,
@@ -83,11 +83,7 @@ def main():
     def predict(vm):
         # Check mode: read only. A locked VM is not waited for; its power state is what it is now.
         entry = locate(client, int(vm["vmid"]), vm["name"])
-        status = client.retrying(lambda: client.vm_status(entry["node"], entry["vmid"])).get("status")
-        if (status == "running") == (p["state"] == "started"):
-            return None
-        require_owned(client, entry, owner)
-        return vm["name"]
+        return vm["name"] if power_change_needed(client, entry, owner, running=p["state"] == "started") else None
 
     def act(vm):
         if module.check_mode:

@@ -15,10 +15,8 @@ from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_api impor
 from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_ops import (
     NotOwned,
     Owner,
-    VmGone,
     destroy,
-    locate,
-    require_owned,
+    would_destroy,
 )
 
 DOCUMENTATION = r"""
@@ -73,22 +71,9 @@ def main():
         module.fail_json(msg="service_id must not be empty")
     owner = Owner(p["service_id"], p["owner_tag"])
 
-    def predict(vm):
-        # Check mode: read only. A VM that exists under its name and is the service's would be deleted.
-        try:
-            entry = locate(client, int(vm["vmid"]), vm["name"])
-            require_owned(client, entry, owner)
-            return True
-        except VmGone:
-            return False
-        except PveApiError as e:
-            if e.missing:
-                return False
-            raise
-
     def remove(vm):
         if module.check_mode:
-            return predict(vm)
+            return would_destroy(client, int(vm["vmid"]), vm["name"], owner=owner)
         return destroy(client, int(vm["vmid"]), vm["name"], p["shutdown_timeout"], p["lock_timeout"], owner=owner)
 
     removed, errors = [], []

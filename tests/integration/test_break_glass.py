@@ -23,17 +23,24 @@ def _env() -> dict:
     return env
 
 
-def _by_hand(lab: Lab, service_id: str, action: str, out: Path) -> subprocess.CompletedProcess:
+def rendered_command(lab: Lab, service_id: str, action: str, out: Path) -> tuple[list[str], dict]:
+    """The command `agentkube render job` prints for the action, and the environment a shell would run it with
+    (its leading NAME=value assignments applied)."""
     render = subprocess.run([*AGENTKUBE, "render", "job", "--service-id", service_id, "--action", action,
                              "--config", str(lab.config_file), "--out", str(out)],
                             capture_output=True, text=True, env=_env(), timeout=60)
     assert render.returncode == 0, render.stderr
     command = shlex.split(render.stdout.strip())
     env = _env()
-    while "=" in command[0]:  # the command's leading NAME=value assignments, as a shell applies them
+    while "=" in command[0]:
         name, _, value = command.pop(0).partition("=")
         env[name] = value
     assert Path(command[0]).name == "ansible-playbook"
+    return command, env
+
+
+def _by_hand(lab: Lab, service_id: str, action: str, out: Path) -> subprocess.CompletedProcess:
+    command, env = rendered_command(lab, service_id, action, out)
     elsewhere = out.parent / "elsewhere"
     elsewhere.mkdir(exist_ok=True)
     return subprocess.run(command, cwd=elsewhere, capture_output=True, text=True, env=env, timeout=900)

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
-from agent_harness import AGENTKUBE
-from test_break_glass import NAMESPACE, _env
+from test_break_glass import NAMESPACE, rendered_command
 
-from agentkube.core.project import project_dir
 from agentkube_lab.lab import Lab
 
 pytestmark = pytest.mark.integration
@@ -45,17 +42,7 @@ def existing(lab, tmp_path_factory):
 
 def playbook(lab: Lab, service_id: str, action: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
     """The action's playbook as `agentkube render job` prints it, plus `extra` options."""
-    render = subprocess.run([*AGENTKUBE, "render", "job", "--service-id", service_id, "--action", action,
-                             "--config", str(lab.config_file), "--out", str(out)],
-                            capture_output=True, text=True, env=_env(), timeout=60)
-    assert render.returncode == 0, render.stderr
-    command = shlex.split(render.stdout.strip())
-    env = _env()
-    # The checkout's collection, whatever a stale copy in ~/.ansible/collections holds (it would come first).
-    env["ANSIBLE_COLLECTIONS_PATH"] = str(project_dir().parents[2])
-    while "=" in command[0]:
-        name, _, value = command.pop(0).partition("=")
-        env[name] = value
+    command, env = rendered_command(lab, service_id, action, out)
     return subprocess.run([*command, *extra], cwd=out, capture_output=True, text=True, env=env, timeout=600)
 
 
