@@ -1,5 +1,6 @@
-"""A small Proxmox VE REST client for the proxmox_vm_* modules: API-token auth, TLS verified against a CA
-file, task (UPID) waits, and retries of the transient errors Proxmox answers under load.
+"""A small Proxmox VE client for the proxmox_vm_* modules on top of proxmoxer's HTTPS backend (the transport
+and API-token auth community.proxmox uses too): TLS verified against a CA file, task (UPID) waits, and retries
+of the transient errors Proxmox answers under load.
 
 Why our own client next to community.proxmox: the modules here run many VMs at once from threads, must
 wait every UPID with a long timeout (community.proxmox polls once a second, then sleeps one more, and
@@ -9,14 +10,19 @@ never notices a task that ended in an error until its timeout), and must classif
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import urllib.parse
 
 try:
     import requests
+    from proxmoxer import ProxmoxAPI, ResourceException
 except ImportError:  # reported by the module that needs it
-    requests = None
+    ProxmoxAPI = None
+
+# proxmoxer logs every request with its parameters at INFO: keep them out of any log a caller configures.
+logging.getLogger("proxmoxer").setLevel(logging.WARNING)
 
 # Errors that go away when retried a little later: config/storage lock contention and locked VMs.
 TRANSIENT_MARKERS = (
@@ -102,7 +108,7 @@ def client_from_params(params: dict) -> PveClient:
 
 
 class PveClient:
-    """Thread-safe: each thread gets its own requests.Session."""
+    """Thread-safe: each thread gets its own proxmoxer API object (and so its own HTTP session)."""
 
     def __init__(
         self,
@@ -116,11 +122,15 @@ class PveClient:
         retries: int = 6,
         retry_delay: float = 1.0,
     ):
-        if requests is None:
-            raise RuntimeError("the python 'requests' package is required")
-        self.base = f"https://{host}:{port}/api2/json"
-        self._auth = f"PVEAPIToken={token_id}={token_secret}"
-        self.verify = verify
+        if ProxmoxAPI is None:
+            raise RuntimeError("the python 'proxmoxer' and 'requests' packages are required")
+        user, sep, token_name = token_id.partition("!")
+        if not sep or not user or not token_name:
+            raise ValueError("api_token_id must look like user@realm!tokenname")
+        # proxmoxer's HTTPS backend: verify_ssl is passed with every request (a CA path or a bool), so
+        # REQUESTS_CA_BUNDLE cannot override a CA file given here; the token goes in the Authorization header.
+        self._connect = dict(host=host, port=port, user=user, token_name=token_name, token_value=token_secret,
+                             verify_ssl=verify, timeout=timeout, backend="https", service="PVE")
         self.timeout = timeout
         self.task_timeout = task_timeout
         self.retries = retries
@@ -129,35 +139,26 @@ class PveClient:
 
     # ------------------------------------------------------------------ HTTP
 
-    def _session(self):
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.headers["Authorization"] = self._auth
-            self._local.session = session
-        return session
+    def _api(self):
+        api = getattr(self._local, "api", None)
+        if api is None:
+            api = self._local.api = ProxmoxAPI(**self._connect)
+        return api
 
     def request(self, method: str, path: str, data: dict | None = None, params: dict | None = None):
-        url = self.base + path
+        call = getattr(self._api()(path.strip("/")), method.lower())  # get/post/put/delete
         try:
-            resp = self._session().request(
-                method, url, data=data, params=params, timeout=self.timeout, verify=self.verify
-            )  # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify
+            return call(**dict((params if method in ("GET", "DELETE") else data) or {}))
+        except ResourceException as e:
+            # PVE puts its message in the status line (proxmoxer's `content`) and parameter errors in `errors`.
+            message = str(e.content or e.status_message or "").strip()
+            if isinstance(e.errors, dict) and e.errors:
+                message = f"{message} " + "; ".join(f"{k}: {v}" for k, v in sorted(e.errors.items()))
+            raise PveApiError(e.status_code, message or f"HTTP {e.status_code}", path) from None
         except requests.exceptions.SSLError as e:
             raise PveApiError(0, f"TLS verification failed: {e.__class__.__name__}", path) from None
         except requests.exceptions.RequestException as e:
             raise PveApiError(503, f"connection error: {e.__class__.__name__}", path) from None
-        if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = {}
-            message = (body.get("message") or resp.reason or "").strip()
-            if body.get("errors"):
-                details = "; ".join(f"{k}: {v}" for k, v in sorted(body["errors"].items()))
-                message = f"{message} {details}"
-            raise PveApiError(resp.status_code, message or f"HTTP {resp.status_code}", path)
-        return resp.json().get("data")
 
     def get(self, path: str, **params):
         return self.request("GET", path, params=params or None)
