@@ -136,6 +136,7 @@ class PveClient:
         self.retries = retries
         self.retry_delay = retry_delay
         self._local = threading.local()
+        self._vm_audit_ok = False
 
     # ------------------------------------------------------------------ HTTP
 
@@ -221,7 +222,26 @@ class PveClient:
     # --------------------------------------------------------------- reading
 
     def cluster_vms(self) -> list[dict]:
+        """Every QEMU VM of the cluster: refused unless the token can audit them all (see require_vm_audit)."""
+        self.require_vm_audit()
         return [v for v in (self.get("/cluster/resources", type="vm") or []) if v.get("type") == "qemu"]
+
+    def require_vm_audit(self) -> None:
+        """/cluster/resources silently leaves out the VMs the token cannot audit (pve-manager PVE/API2/Cluster.pm
+        resources: `next if !$rpcenv->check($authuser, "/vms/$vmid", ['VM.Audit'], 1)`), so a token with VM.Audit
+        on a pool only would let the allocator hand out the VMIDs and addresses of VMs it does not see. Checked once
+        per client through GET /access/permissions?path=/vms (pve-access-control src/PVE/API2/AccessControl.pm
+        permissions: any user or token may read its own; answers the privileges held on that path, inherited
+        ones included)."""
+        if self._vm_audit_ok:
+            return
+        held = self.request("GET", "/access/permissions", params={"path": "/vms"}) or {}
+        if not any("VM.Audit" in (privs or {}) for privs in held.values()):
+            raise PveApiError(403, f"the API token {self._connect['user']}!{self._connect['token_name']} lacks "
+                                   "VM.Audit on /vms (propagated): /cluster/resources leaves out the VMs it cannot "
+                                   "audit, so their VMIDs and addresses could be handed out again; grant the "
+                                   "privileges roles/proxmox_vm/README.md lists", "/access/permissions")
+        self._vm_audit_ok = True
 
     def vm_config(self, node: str, vmid: int) -> dict:
         return self.get(f"/nodes/{node}/qemu/{vmid}/config") or {}

@@ -10,6 +10,7 @@ import pytest
 
 from agentkube_lab.certs import LabCA
 from agentkube_lab.pve_lab import PveLab, template_vmid
+from agentkube_lab.pve_realism import Realism
 from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_api import PveApiError, PveClient
 
 
@@ -68,3 +69,16 @@ def test_no_answer_is_unanswered():
 def test_a_token_id_without_its_name_is_refused():
     with pytest.raises(ValueError, match="user@realm!tokenname"):
         PveClient("127.0.0.1", 8006, "agent@pve", "x")
+
+
+def test_a_token_that_cannot_audit_every_vm_is_refused_before_listing(tmp_path):
+    """VM.Audit on a pool only: /cluster/resources would hide the other VMs from the allocator."""
+    with PveLab(tmp_path / "lab", time_scale=0.002, realism=Realism(least_privilege=True)) as lab:
+        assert client(lab).cluster_vms()  # the documented privileges: VM.Audit on /vms
+        acl = lab.fake.acl[lab.token_id]
+        acl[:] = [(path, privs - {"VM.Audit"}) if path == "/vms" else (path, privs) for path, privs in acl]
+        lab.fake.grant(lab.token_id, "/pool/tenants", "VM.Audit")
+        with pytest.raises(PveApiError) as err:
+            client(lab).cluster_vms()
+    assert err.value.status == 403
+    assert "VM.Audit on /vms" in err.value.message and lab.token_id in err.value.message
