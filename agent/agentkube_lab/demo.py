@@ -70,7 +70,7 @@ class Demo:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
         with self.lab:
             self.say(f"lab up: Fulcrum emulator {self.lab.fulcrum.url}, Kamaji parent {self.lab.kube.url}, "
-                     f"Proxmox VE {self.lab.pve.url}; workers: "
+                     f"Proxmox VE {self.lab.pve.url} ({self.lab.pve.realism.describe()}); workers: "
                      + ("EMULATED (chroot root filesystems, lab kubeadm emulator)" if self.lab.emulated_workers
                         else "VMs only, join skipped (agentkube_join_workers: false)"))
             # The agent runs as its own process, as it is deployed (and so it does not share the emulators'

@@ -69,7 +69,7 @@ def emulated_workers_available() -> tuple[bool, str]:
 class Lab:
     def __init__(self, state_dir: Path, *, groups: int = 1, operator_vars: dict[str, Any] | None = None,
                  extra_service_types: list[dict] | None = None, kube: bool = True, pve: bool = True,
-                 emulated_workers: bool | None = None, tcp_ready_delay: float = 1.0):
+                 emulated_workers: bool | None = None, tcp_ready_delay: float = 1.0, realistic_pve: bool = True):
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ca = LabCA(self.state_dir / "ca")
@@ -87,7 +87,9 @@ class Lab:
         if pve:
             from agentkube_lab.pve_lab import PveLab
 
-            self.pve = PveLab(self.state_dir / "pve")
+            # Proxmox as a real cluster behaves (pvestatd's lag, two-step clones, HA-managed VMs, the
+            # least-privileged token ...: pve_realism.py); realistic_pve=False only for fakepve's kinder model.
+            self.pve = PveLab(self.state_dir / "pve", realistic=realistic_pve)
         if emulated_workers is None:
             emulated_workers = kube and pve and emulated_workers_available()[0]
         elif emulated_workers:

@@ -87,6 +87,15 @@ class Realism:
         return cls(status_period=status_period, status_wall_clock=True, two_step_clone=True,
                    cross_node_collision=True, ha_managed=True, least_privilege=True)
 
+    def describe(self) -> str:
+        """The behaviours on, for the lab's banner."""
+        parts = [f"pvestatd lag {self.status_period:g} s" if self.status_period else "",
+                 "two-step clones" if self.two_step_clone else "",
+                 "cross-node VMID collisions" if self.cross_node_collision else "",
+                 "HA-managed VMs" if self.ha_managed else "",
+                 "least-privileged token" if self.least_privilege else ""]
+        return ", ".join(p for p in parts if p) or "fakepve's model only"
+
     @property
     def any(self) -> bool:
         return bool(self.status_period or self.two_step_clone or self.cross_node_collision

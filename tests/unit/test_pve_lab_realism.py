@@ -221,3 +221,14 @@ def test_the_role_readme_documents_exactly_the_lab_tokens_privileges():
         documented.setdefault(path, set()).update(re.findall(r"`((?:VM|Datastore|SDN|Sys)\.[A-Za-z.]+)`", cells[1]))
     lab = role_privileges("<proxmox_vm_storage>", "<proxmox_vm_bridge>")
     assert documented == {p: set(privs) for p, privs in lab.items()}
+
+
+def test_the_lab_and_the_demo_run_proxmox_as_a_real_cluster(tmp_path):
+    from agentkube_lab.lab import Lab
+
+    lab = Lab(tmp_path / "lab", kube=False, emulated_workers=False)
+    assert lab.pve.realism == Realism.realistic()
+    assert lab.pve.realism.describe() == ("pvestatd lag 10 s, two-step clones, cross-node VMID collisions, "
+                                          "HA-managed VMs, least-privileged token")
+    assert not Lab(tmp_path / "kind", kube=False, emulated_workers=False, realistic_pve=False).pve.realism.any
+    assert Realism().describe() == "fakepve's model only"
