@@ -19,7 +19,7 @@ from agent_harness import AGENTKUBE, RunMonitor, agent_config, wait_for
 
 from agentkube_lab.lab import Lab
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TENANTS = 3
 SPEC = {"kubernetesVersion": "v1.34.4", "controlPlane": {"replicas": 1, "serviceType": "ClusterIP"},

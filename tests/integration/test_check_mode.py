@@ -15,7 +15,7 @@ from test_break_glass import NAMESPACE, rendered_command
 
 from agentkube_lab.lab import Lab
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TCP = ("kamaji.clastix.io/v1alpha1", "TenantControlPlane")
 

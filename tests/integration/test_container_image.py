@@ -31,7 +31,7 @@ from agent_harness import new_service, wait_for
 import agentkube
 from agentkube_lab.lab import Lab
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERFILE = REPO / "deploy" / "container" / "Containerfile"

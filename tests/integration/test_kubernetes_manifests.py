@@ -23,7 +23,7 @@ from agentkube.core.settings import load_settings
 from agentkube_lab.kube_rbac import Attributes, Decision
 from agentkube_lab.lab import Lab
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 KUSTOMIZATION = REPO / "deploy" / "kubernetes"

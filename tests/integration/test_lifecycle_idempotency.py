@@ -28,7 +28,7 @@ from agent_harness import job_done, lifecycle_lab, wait_for
 from agentkube.core.naming import tenant_name
 from agentkube_lab.lab import Lab
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NAMESPACE = "kamaji-tenants"
 TCP_KIND = ("kamaji.clastix.io/v1alpha1", "TenantControlPlane")

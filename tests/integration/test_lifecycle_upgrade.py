@@ -14,7 +14,7 @@ from agent_harness import job_done, lifecycle_lab, wait_for
 from agentkube.core.naming import tenant_name
 from agentkube_lab.lab import Lab, emulated_workers_available
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NAMESPACE = "kamaji-tenants"
 FROM, TO = "v1.34.4", "v1.35.7"
