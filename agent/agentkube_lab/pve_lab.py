@@ -63,6 +63,14 @@ def mac_of(net: object) -> str:
     return m.group(1).lower() if m else ""
 
 
+def _lab_mib(value: object) -> int:
+    """MiB of a `memory` option: `4096` or the property string `current=4096` (qemu-server Memory.pm
+    get_current_memory)."""
+    text = str(value)
+    m = re.search(r"(?:^|,)(?:current=)?(\d+)(?:,|$)", text)
+    return int(m.group(1)) if m else 0
+
+
 def agent_enabled(value: object) -> bool:
     """PVE's `agent` option: `1`, or `enabled=1,...` (property string)."""
     for part in str(value or "0").split(","):
@@ -134,6 +142,8 @@ class LabGuests:
 def _lab_fake_class():
     """FakePve plus what the lab needs stateful that fakepve answers generically:
     - `PUT /nodes/{node}/qemu/{vmid}/resize` (grow only, takes the VM config lock, runs as a task);
+    - config updates as qemu-server's update_vm makes them (`_apply_config`): a new disk is allocated, a NIC gets a
+      MAC and is stored as Proxmox prints it, SDN.Use on its bridge is checked, a balloon above the memory refused;
     - guest agents that come up after a start (`LabGuests`), and PVE's `No QEMU guest agent configured`
       for a VM whose config does not enable the agent."""
     import json
@@ -141,6 +151,7 @@ def _lab_fake_class():
 
     from aiohttp import web
     from fakepve import FakePve, PveError, TaskError
+    from fakepve.qemu import DRIVE_KEY, NEW_DISK, is_cdrom, split_drive, with_mac
 
     class LabPve(FakePve):
         guests: LabGuests = LabGuests()
@@ -331,6 +342,54 @@ def _lab_fake_class():
             if priv == "VM.Config.Cloudinit" and self.allowed(user, path, "VM.Config.Network"):
                 return None
             return super().require(user, path, priv)
+
+        # ------------------------------------------------- config updates (update_vm)
+
+        async def _apply_config(self, vm, user, p):
+            """What qemu-server's update_vm (src/PVE/API2/Qemu.pm update_vm_api) does and fakepve's config update
+            leaves out:
+            - a NIC written without a MAC gets a fresh one, and every netN is stored as print_net prints it (the
+              model=MAC first, the other keys sorted): `parse_net` + `print_net`;
+            - check_bridge_access (src/PVE/QemuServer.pm; pve-guest-common GuestHelpers.pm check_vnet_access): SDN.Use
+              on /sdn/zones/localnetwork/<bridge>, or on .../<bridge>/<tag> with a VLAN tag, for every NIC written,
+              and for the NIC it replaces or deletes;
+            - a new disk `<storage>:<GiB>` is allocated (create_disks, after check_storage_access:
+              Datastore.AllocateSpace on the storage, which must hold images) and stored as `<volume>,size=<n>G`;
+            - `balloon value too large (must be smaller than assigned memory)` ($load_and_check_config)."""
+            p = dict(p)
+            deletes = [k for k in str(p.get("delete") or "").split(",") if k]
+            current = {**vm.config, **{k: v for k, v in vm.pending.items() if v is not None}}
+            for key in sorted(p):
+                if re.fullmatch(r"net\d+", key):
+                    p[key] = with_mac(str(p[key]))
+                    self._lab_check_bridge(user, p[key])
+            for key in [k for k in deletes + sorted(p) if re.fullmatch(r"net\d+", k) and current.get(k)]:
+                self._lab_check_bridge(user, current[key])
+            new_disks = [k for k in sorted(p) if DRIVE_KEY.match(k) and NEW_DISK.match(split_drive(str(p[k]))[0])
+                         and not is_cdrom(*split_drive(str(p[k])))]
+            for key in new_disks:
+                self._qm_check_drive(user, vm.vmid, None, key, str(p[key]), None)
+            if p.get("memory") or p.get("balloon") not in (None, ""):
+                memory = _lab_mib(p.get("memory") or current.get("memory") or 512)
+                balloon = p.get("balloon") if p.get("balloon") not in (None, "") else current.get("balloon")
+                if balloon and int(balloon) > memory:
+                    raise PveError(500, "balloon value too large (must be smaller than assigned memory)")
+            made: list[str] = []
+            try:
+                for key in new_disks:
+                    p[key], volumes = self._qm_new_drive(vm.vmid, key, str(p[key]), None)
+                    made += volumes
+                return await super()._apply_config(vm, user, p)
+            except BaseException:
+                for volid in made:
+                    self._qm_free(volid)
+                raise
+
+        def _lab_check_bridge(self, user, net: str) -> None:
+            props = dict(part.partition("=")[::2] for part in net.split(",") if "=" in part)
+            if props.get("bridge"):
+                tag = f"/{props['tag']}" if props.get("tag") else ""
+                self.require(user, f"/sdn/zones/localnetwork/{props['bridge']}{tag}", "SDN.Use")
 
         # ------------------------------------------------------------------ guests
 

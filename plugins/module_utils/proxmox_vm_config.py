@@ -205,20 +205,34 @@ def size_gib(text) -> float:
     return float(m.group(1)) * SIZE_UNITS[m.group(2) or "G"]
 
 
-def boot_disk(config: dict) -> tuple[str, float] | None:
-    """(key, size in GiB) of the boot disk: the first in the boot order, else the first non-CD-ROM disk."""
+def is_removable(drive) -> bool:
+    """A CD-ROM or the cloud-init drive: not a disk whose size counts."""
+    value = str(drive or "")
+    return "media=cdrom" in value or "cloudinit" in value
+
+
+def boot_disk(config: dict, exclude=()) -> tuple[str, float] | None:
+    """(key, size in GiB) of the boot disk: the first in the boot order, else the first non-CD-ROM disk.
+    Keys in `exclude` (the operator's data disk) are passed over unless the boot order names them."""
     order = []
     boot = str(config.get("boot", ""))
     if boot.startswith("order="):
         order = [d for d in boot[len("order="):].split(";") if DISK_KEY_RE.fullmatch(d)]
     candidates = order + sorted(k for k in config if DISK_KEY_RE.fullmatch(k) and k not in order)
     for key in candidates:
-        value = str(config.get(key, ""))
-        if not value or "media=cdrom" in value or "cloudinit" in value:
+        if key in exclude and key not in order:
             continue
-        m = re.search(r"(?:^|,)size=([0-9.]+[KMGT]?)", value)
-        return key, (size_gib(m.group(1)) if m else 0.0)
+        value = str(config.get(key, ""))
+        if not value or is_removable(value):
+            continue
+        return key, drive_size(value)
     return None
+
+
+def drive_size(drive) -> float:
+    """GiB of a drive value's `size=` (`vmstore:vm-100-disk-0,size=10G` -> 10.0); 0.0 without one."""
+    m = re.search(r"(?:^|,)size=([0-9.]+[KMGT]?)", str(drive or ""))
+    return size_gib(m.group(1)) if m else 0.0
 
 
 def sshkeys_param(keys) -> str:
