@@ -1,23 +1,32 @@
 """LAB EMULATOR of `kubeadm` (never a real kubeadm): installed into a lab root filesystem as /usr/bin/kubeadm.
 
-A real kubeadm/kubelet cannot run on the lab machines, so this script stands in at the narrowest seam:
-- `kubeadm join --config FILE` validates the JoinConfiguration (kubeadm.k8s.io/v1beta4), performs the
-  bootstrap-token discovery against the tenant API (reads kube-public/cluster-info, pins the CA against
-  `caCertHashes`: sha256 of the CA's DER SubjectPublicKeyInfo), then, over TLS verified with that CA and
-  authenticated with the bootstrap token as a bearer token, reads kube-system/kubeadm-config and kubelet-config
-  as kubeadm join does (a missing kubelet-config fails the join at kubelet-start with kubeadm's message, before
-  the Node exists), registers the Node (name, node-labels, taints) and writes /etc/kubernetes/kubelet.conf,
-  /etc/kubernetes/pki/ca.crt and /var/lib/kubelet/config.yaml (the cluster's kubelet-config document).
-  Like kubeadm it also checks cluster-info's `jws-kubeconfig-<token id>` signature (HS256 with the token
-  secret). It does not do the TLS bootstrap (CSR): kubelet.conf names client-certificate paths that hold no
-  certificate.
-- `kubeadm config validate --config FILE`, `kubeadm version -o short`, `kubeadm reset -f` (local files only,
-  as the real one), `kubeadm upgrade node` (checks the node has joined and rewrites the kubelet config).
+A real kubeadm/kubelet cannot run on the lab machines, so this script stands in at the narrowest seam; each rule
+follows kubernetes/kubernetes cmd/kubeadm (cited beside it; the join's rules live in kubeadm_checks):
+- `kubeadm join --config FILE [--ignore-preflight-errors=...]`, in the phases of the real join:
+  1. the JoinConfiguration (kubeadm.k8s.io/v1beta4) is read; unknown fields are only a warning here, as in
+     kubeadm (they are errors for `kubeadm config validate`);
+  2. preflight (RunJoinNodeChecks): an existing kubelet.conf, bootstrap-kubelet.conf or pki/ca.crt, port 10250
+     in use and ip_forward not 1 are fatal unless ignored; swap is a warning (see kubeadm_checks);
+  3. bootstrap-token discovery against the tenant API (reads kube-public/cluster-info, checks its
+     `jws-kubeconfig-<token id>` signature, pins the CA against `caCertHashes`: sha256 of the CA's DER
+     SubjectPublicKeyInfo), then, over TLS verified with that CA and authenticated with the bootstrap token, reads
+     kube-system/kubeadm-config and kubelet-config;
+  4. kubelet-start: writes /etc/kubernetes/bootstrap-kubelet.conf and pki/ca.crt first, refuses when a Ready
+     Node of that name exists, writes /var/lib/kubelet/config.yaml (the cluster's kubelet-config: missing, the
+     phase fails), "starts the kubelet" (the emulated kubelet refuses swap and a cgroup driver that differs from
+     containerd's), then registers the Node (name, node-labels, taints) in place of the kubelet's TLS bootstrap
+     and writes /etc/kubernetes/kubelet.conf. bootstrap-kubelet.conf is removed when the phase ends, as kubeadm's
+     deferred os.Remove does; a join killed after that point leaves it and ca.crt behind, and every retry is then
+     refused by preflight until `kubeadm reset`.
+  There is no CertificateSigningRequest: kubelet.conf names client-certificate paths that hold no certificate.
+- `kubeadm config validate --config FILE` (strict: unknown fields are errors), `kubeadm version -o short`,
+  `kubeadm reset -f` (local files only, as the real one), `kubeadm upgrade node` (checks the node has joined and
+  rewrites the kubelet config).
 Nothing else is emulated. `install_into_rootfs` also places lab stand-ins for `kubelet` and `kubectl` that
 only print their version.
 
-Runs inside the root filesystem with its python3: standard library plus PyYAML (python3-yaml), no agentkube
-imports.
+Runs inside the root filesystem with its python3: standard library plus PyYAML (python3-yaml), and
+kubeadm_checks installed beside it; no agentkube imports.
 """
 
 from __future__ import annotations
@@ -41,8 +50,14 @@ try:
 except ImportError:  # pragma: no cover - depends on the root filesystem
     yaml = None
 
+try:
+    from agentkube_lab import kubeadm_checks as checks
+except ImportError:  # pragma: no cover - inside the root filesystem, installed beside this file
+    import kubeadm_checks as checks  # type: ignore[no-redef]
+
 LAB_MARKER = "agentkube LAB EMULATOR"
 VERSION_FILE = "/usr/lib/agentkube-lab/kubernetes-version"
+LIB_DIR = "/usr/lib/agentkube-lab/python"  # kubeadm_emulator and kubeadm_checks inside the root filesystem
 KUBERNETES_DIR = "/etc/kubernetes"
 KUBELET_DIR = "/var/lib/kubelet"
 API_VERSION = "kubeadm.k8s.io/v1beta4"
@@ -75,7 +90,10 @@ def lab_version() -> str:
 
 
 # ---------------------------------------------------------------- configuration
-def load_config(path: str) -> dict:
+def load_config(path: str, strict_errors: bool = True) -> dict:
+    """The JoinConfiguration in `path`, checked. Unknown fields: an error for `kubeadm config validate`
+    (strict_errors), a warning for `kubeadm join` (cmd/kubeadm/app/util/config/joinconfiguration.go
+    documentMapToJoinConfiguration: `if !strictErrors { klog.Warning(err.Error()) }`)."""
     if yaml is None:  # pragma: no cover - depends on the root filesystem
         raise KubeadmError("python3-yaml is required by the lab kubeadm emulator")
     try:
@@ -85,6 +103,11 @@ def load_config(path: str) -> dict:
     joins = [d for d in docs if isinstance(d, dict) and d.get("kind") == "JoinConfiguration"]
     if len(joins) != 1:
         raise KubeadmError(f"{path}: expected exactly one JoinConfiguration, found {len(joins)}")
+    strict = checks.strict_decoding_error(joins[0])
+    if strict and strict_errors:
+        raise KubeadmError(strict)
+    if strict:
+        print(f"W0000 lab kubeadm: {strict}", file=sys.stderr)
     return validate_join_configuration(joins[0])
 
 
@@ -126,6 +149,11 @@ def validate_join_configuration(cfg: dict) -> dict:
     for i, taint in enumerate(reg.get("taints") or []):
         if not isinstance(taint, dict) or not taint.get("key") or taint.get("effect") not in TAINT_EFFECTS:
             fail(f"nodeRegistration.taints[{i}]", f"needs key and effect in {TAINT_EFFECTS}")
+    ignore = reg.get("ignorePreflightErrors") or []
+    if not isinstance(ignore, list) or any(not isinstance(i, str) for i in ignore):
+        fail("nodeRegistration.ignorePreflightErrors", "must be a list of check names")
+    if cfg.get("caCertPath") is not None and not str(cfg["caCertPath"]).startswith("/"):
+        fail("caCertPath", f"must be an absolute path, got {cfg['caCertPath']!r}")
     extra = reg.get("kubeletExtraArgs") or []
     if not isinstance(extra, list) or any(not isinstance(a, dict) or "name" not in a for a in extra):
         fail("nodeRegistration.kubeletExtraArgs", "v1beta4 wants a list of {name, value}")
@@ -338,28 +366,62 @@ def fetch_cluster_configuration(server: str, ca_pem: bytes, token: str) -> tuple
     return cluster_configuration, document
 
 
-def write_node_files(server: str, ca_pem: bytes, name: str, kubelet_config: str) -> None:
-    pki = _path(f"{KUBERNETES_DIR}/pki")
-    pki.mkdir(parents=True, exist_ok=True)
-    (pki / "ca.crt").write_bytes(ca_pem)
-    kubelet_conf = {
+def _kubeconfig(server: str, ca_pem: bytes, user: dict) -> str:
+    return json.dumps({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "default-cluster", "cluster": {
             "server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
-        "users": [{"name": "default-auth", "user": {
-            "client-certificate": f"{KUBELET_DIR}/pki/kubelet-client-current.pem",
-            "client-key": f"{KUBELET_DIR}/pki/kubelet-client-current.pem"}}],
-        "contexts": [{"name": "default-context", "context": {"cluster": "default-cluster",
-                                                              "user": "default-auth"}}],
+        "users": [{"name": "default-auth", "user": user}],
+        "contexts": [{"name": "default-context", "context": {"cluster": "default-cluster", "user": "default-auth"}}],
         "current-context": "default-context",
-    }
-    conf = _path(f"{KUBERNETES_DIR}/kubelet.conf")
-    conf.write_text(f"# written by the {LAB_MARKER} of kubeadm for node {name}\n" + json.dumps(kubelet_conf))
-    conf.chmod(0o600)
-    write_kubelet_config(kubelet_config)
+    })
 
 
-def write_kubelet_config(document: str, step: str = "join") -> None:
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def write_bootstrap_files(server: str, ca_pem: bytes, token: str, ca_cert_path: str) -> None:
+    """The first writes of join's kubelet-start phase (cmd/kubeadm/app/cmd/phases/join/kubelet.go
+    runKubeletStartJoinPhase): bootstrap-kubelet.conf with the TLS bootstrap token, then the CA certificate at
+    caCertPath when it is not there yet."""
+    _write_private(_path(f"{KUBERNETES_DIR}/bootstrap-kubelet.conf"), _kubeconfig(server, ca_pem, {"token": token}))
+    ca = _path(ca_cert_path)
+    if not ca.exists():
+        ca.parent.mkdir(parents=True, exist_ok=True)
+        ca.write_bytes(ca_pem)
+
+
+def refuse_ready_node(server: str, ca_pem: bytes, token: str, name: str) -> None:
+    """kubelet.go runKubeletStartJoinPhase: "Make sure to exit before TLS bootstrap if a Node with the same name
+    exist in the cluster and it has the Ready status" (read with the bootstrap token: RBAC kubeadm:get-nodes)."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    try:
+        status, node = _request(f"{server}/api/v1/nodes/{name}", context, token=token)
+    except (OSError, ValueError) as exc:
+        raise KubeadmError(f"error execution phase kubelet-start: cannot get Node {name!r}: {exc}") from exc
+    if status not in (200, 404):
+        raise KubeadmError(f"error execution phase kubelet-start: cannot get Node {name!r}: HTTP {status} "
+                           f"{node.get('message', '')}")
+    conditions = (node.get("status") or {}).get("conditions") or [] if status == 200 else []
+    if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+        raise KubeadmError(f'error execution phase kubelet-start: a Node with name "{name}" and status "Ready" '
+                           "already exists in the cluster. You must delete the existing Node or change the name "
+                           "of this new joining Node")
+
+
+def write_kubelet_conf(server: str, ca_pem: bytes, name: str) -> None:
+    """/etc/kubernetes/kubelet.conf, which the kubelet writes when its TLS bootstrap completes."""
+    user = {"client-certificate": f"{KUBELET_DIR}/pki/kubelet-client-current.pem",
+            "client-key": f"{KUBELET_DIR}/pki/kubelet-client-current.pem"}
+    _write_private(_path(f"{KUBERNETES_DIR}/kubelet.conf"),
+                   f"# written by the {LAB_MARKER} of kubeadm for node {name}\n" + _kubeconfig(server, ca_pem, user))
+
+
+def write_kubelet_config(document: str, step: str = "join") -> dict:
     """/var/lib/kubelet/config.yaml as kubeadm's kubelet-start phase writes it: the cluster's kubelet-config
     document (kubernetes/kubernetes cmd/kubeadm/app/phases/kubelet/config.go WriteConfigToDisk), stamped with the
     step and the emulated kubeadm's version (so tests can tell which kubeadm wrote it)."""
@@ -375,32 +437,65 @@ def write_kubelet_config(document: str, step: str = "join") -> None:
     (kubelet / "config.yaml").write_text(
         f"# written by the {LAB_MARKER} of kubeadm {lab_version()} ({step})\n"
         + yaml.safe_dump(config, sort_keys=False))
+    return config
 
 
 # ---------------------------------------------------------------- commands
-def cmd_join(config: str) -> None:
-    cfg = load_config(config)
-    if _path(f"{KUBERNETES_DIR}/kubelet.conf").exists():
-        raise KubeadmError(f"[preflight] {KUBERNETES_DIR}/kubelet.conf already exists")
+def cmd_join(config: str, ignore_cli: list[str]) -> None:
+    cfg = load_config(config, strict_errors=False)
+    reg = cfg["nodeRegistration"]
+    try:
+        ignored = checks.ignored_checks(ignore_cli, reg.get("ignorePreflightErrors") or [])
+        print("[preflight] Running pre-flight checks")
+        checks.run_join_preflight(_root(), cfg, ignored, sys.stderr)
+    except checks.CheckError as exc:
+        raise KubeadmError(str(exc)) from exc
     bt = cfg["discovery"]["bootstrapToken"]
     server, ca_pem = discover(bt["apiServerEndpoint"], bt["token"], bt["caCertHashes"])
     token = cfg["discovery"].get("tlsBootstrapToken", bt["token"])
     _, kubelet_config = fetch_cluster_configuration(server, ca_pem, token)
-    if kubelet_config is None:
-        # join's kubelet-start phase (cmd/kubeadm/app/cmd/phases/join/kubelet.go -> WriteConfigToDisk)
-        raise KubeadmError("error execution phase kubelet-start: no kubelet component config found")
-    register_node(server, ca_pem, token, cfg, lab_version())
-    write_node_files(server, ca_pem, cfg["nodeRegistration"]["name"], kubelet_config)
+    kubelet_start(server, ca_pem, token, cfg, kubelet_config)
     print("This node has joined the cluster (lab emulator: Node registered, kubelet not started).")
 
 
+def kubelet_start(server: str, ca_pem: bytes, token: str, cfg: dict, kubelet_config: str | None) -> None:
+    """join's kubelet-start phase (cmd/kubeadm/app/cmd/phases/join/kubelet.go runKubeletStartJoinPhase), with the
+    kubelet emulated: its start checks (kubeadm_checks.kubelet_start_error), then the Node registration standing
+    in for its TLS bootstrap, then kubelet.conf. bootstrap-kubelet.conf goes when the phase ends, success or
+    error (the phase's deferred os.Remove); a kill (SIGTERM/SIGKILL from `timeout`) leaves it."""
+    name = cfg["nodeRegistration"]["name"]
+    bootstrap = _path(f"{KUBERNETES_DIR}/bootstrap-kubelet.conf")
+    try:
+        write_bootstrap_files(server, ca_pem, token, cfg.get("caCertPath") or checks.DEFAULT_CA_CERT_PATH)
+        refuse_ready_node(server, ca_pem, token, name)
+        if kubelet_config is None:  # kubeletphase.WriteConfigToDisk with no kubelet component config loaded
+            raise KubeadmError("error execution phase kubelet-start: no kubelet component config found")
+        config = write_kubelet_config(kubelet_config)
+        print("[kubelet-start] Starting the kubelet")
+        try:
+            why = checks.kubelet_start_error(_root(), config)
+        except checks.CheckError as exc:
+            why = str(exc)
+        if why:
+            raise KubeadmError(f"error execution phase kubelet-start: {why}")
+        print("[kubelet-start] Waiting for the kubelet to perform the TLS Bootstrap")
+        register_node(server, ca_pem, token, cfg, lab_version())
+        write_kubelet_conf(server, ca_pem, name)
+    finally:
+        bootstrap.unlink(missing_ok=True)
+
+
 def cmd_reset() -> None:
-    for rel in (f"{KUBERNETES_DIR}/kubelet.conf", f"{KUBERNETES_DIR}/pki", KUBELET_DIR,
-                f"{KUBERNETES_DIR}/bootstrap-kubelet.conf"):
+    """What `kubeadm reset -f` removes on a worker (cmd/kubeadm/app/cmd/phases/reset/cleanupnode.go: the
+    kubelet's directory, the certificates directory, and resetConfigDir: the manifests and the kubeconfig files
+    in /etc/kubernetes). It does not clean CNI configuration, iptables or what other tools wrote."""
+    for rel in (f"{KUBERNETES_DIR}/kubelet.conf", f"{KUBERNETES_DIR}/bootstrap-kubelet.conf",
+                f"{KUBERNETES_DIR}/admin.conf", f"{KUBERNETES_DIR}/super-admin.conf", f"{KUBERNETES_DIR}/pki",
+                f"{KUBERNETES_DIR}/manifests", KUBELET_DIR):
         target = _path(rel)
-        if target.is_dir():
+        if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
-        elif target.exists():
+        elif target.exists() or target.is_symlink():
             target.unlink()
     print("[reset] lab emulator: removed the node's kubeadm/kubelet files")
 
@@ -422,6 +517,8 @@ def kubeadm_main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     join = sub.add_parser("join")
     join.add_argument("--config", required=True)
+    join.add_argument("--ignore-preflight-errors", action="append", default=[],
+                      help="checks whose errors become warnings (comma-separated; 'all')")
     join.add_argument("endpoint", nargs="?")
     config = sub.add_parser("config")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -439,7 +536,8 @@ def kubeadm_main(argv: list[str] | None = None) -> int:
         if args.command == "join":
             if args.endpoint:
                 raise KubeadmError("the lab emulator takes the endpoint from --config only")
-            cmd_join(args.config)
+            cmd_join(args.config, [item for flag in args.ignore_preflight_errors
+                                   for item in flag.split(",") if item])
         elif args.command == "config":
             load_config(args.config)
             print("ok (validated by the lab emulator)")
@@ -475,6 +573,15 @@ esac
 """
 
 
+KUBEADM_LAUNCHER = """#!/usr/bin/python3
+# agentkube LAB EMULATOR of kubeadm (see {lib_dir}/kubeadm_emulator.py). Not a kubeadm.
+import sys
+sys.path.insert(0, "{lib_dir}")
+from kubeadm_emulator import kubeadm_main
+sys.exit(kubeadm_main())
+"""
+
+
 def install_into_rootfs(root: Path, version: str, kubelet_version: str | None = None) -> None:
     """Place the lab kubeadm emulator and the kubelet/kubectl stand-ins under `root`/usr/bin."""
     if not re.match(r"^v\d+\.\d+\.\d+$", version):
@@ -482,8 +589,11 @@ def install_into_rootfs(root: Path, version: str, kubelet_version: str | None = 
     root = Path(root)
     bin_dir = root / "usr/bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    source = Path(__file__).read_text()
-    (bin_dir / "kubeadm").write_text("#!/usr/bin/python3\n" + source)
+    lib_dir = root / LIB_DIR.lstrip("/")
+    lib_dir.mkdir(parents=True, exist_ok=True)
+    for module in (Path(__file__), Path(checks.__file__)):
+        (lib_dir / module.name).write_text(module.read_text())
+    (bin_dir / "kubeadm").write_text(KUBEADM_LAUNCHER.format(lib_dir=LIB_DIR))
     (bin_dir / "kubelet").write_text(KUBELET_STUB.format(version=kubelet_version or version))
     (bin_dir / "kubectl").write_text(KUBECTL_STUB.format(version=version))
     for name in ("kubeadm", "kubelet", "kubectl"):
@@ -505,4 +615,4 @@ def install_main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(kubeadm_main() if Path(sys.argv[0]).name == "kubeadm" else install_main())
+    sys.exit(install_main())

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from test_kubeadm_emulator import prepare_node
 
 from agentkube_lab import kubeadm_emulator as ke
 from agentkube_lab.certs import LabCA, issue_client_cert
@@ -177,6 +178,7 @@ TOKEN_ID, TOKEN_SECRET = "abcdef", "0123456789abcdef"
 def _join(tmp_path, tenant, monkeypatch) -> int:
     root = tmp_path / "root"
     ke.install_into_rootfs(root, "v1.35.0")
+    prepare_node(root)  # ip_forward on, containerd on systemd: what kubeadm_node's prep leaves
     monkeypatch.setenv("AGENTKUBE_LAB_ROOT", str(root))
     tenant.store.put({"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
                       "metadata": {"name": f"bootstrap-token-{TOKEN_ID}", "namespace": "kube-system"},

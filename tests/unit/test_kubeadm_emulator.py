@@ -44,8 +44,24 @@ def tenant(tmp_path):
 def root(tmp_path, monkeypatch):
     root = tmp_path / "root"
     ke.install_into_rootfs(root, "v1.35.7")
+    prepare_node(root)
     monkeypatch.setenv("AGENTKUBE_LAB_ROOT", str(root))
     return root
+
+
+def prepare_node(root) -> None:
+    """What kubeadm_node's prep leaves on a node: ip_forward persisted, containerd on the tenant's systemd driver."""
+    sysctl = root / "etc/sysctl.d/99-kubernetes.conf"
+    sysctl.parent.mkdir(parents=True, exist_ok=True)
+    sysctl.write_text("net.ipv4.ip_forward = 1\n")
+    write_containerd_config(root, systemd=True)
+
+
+def write_containerd_config(root, systemd: bool) -> None:
+    config = root / "etc/containerd/config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
+                      f"  SystemdCgroup = {str(systemd).lower()}\n")
 
 
 def _config(tmp_path, tenant, **overrides) -> str:
