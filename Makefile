@@ -34,9 +34,12 @@ lint: venv
 	$(VENV)/bin/lint-imports --config pyproject.toml
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint --profile production playbooks roles
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them (--dist loadfile: a
+# module's lab fixture serves all its tests); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: lint
 	@scripts/system-packages.sh
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -ra
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
 
 bench: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m bench

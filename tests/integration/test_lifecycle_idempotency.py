@@ -158,6 +158,8 @@ def first_run(lab: Lab, service_id: str, action: str, params: dict | None = None
     return job
 
 
+# Every action run twice against the realistic lab: ~5 min alone, longer beside another test process.
+@pytest.mark.timeout(1500)
 def test_every_action_run_twice_changes_nothing_the_second_time(lab):
     assert lab.catalog is not None
     svc = lab.fulcrum.create_service("Twice", lab.catalog.service_type_id, lab.catalog.group_ids[0],
