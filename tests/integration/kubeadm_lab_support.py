@@ -136,3 +136,22 @@ def chroot_host(rootfs: Path) -> dict:
     return {"ansible_connection": "community.general.chroot", "ansible_host": str(rootfs),
             "ansible_python_interpreter": "/usr/bin/python3"}
 
+
+
+# --- the kubeadm_node integration tests' shared pieces: one worker reached through the chroot connection
+
+NODE = "worker-0"
+
+
+def node_vars(lab: LabTenant, version: str = VERSION, **extra) -> dict:
+    """kubeadm_node's variables for NODE joining the lab tenant (no services, no Ready wait: nothing runs)."""
+    return {"kubeadm_node_kubernetes_version": version, "kubeadm_node_tenant_kubeconfig": lab.tenant.kubeconfig,
+            "kubeadm_node_manage_services": False, "kubeadm_node_wait_ready": False,
+            "kubeadm_node_pool": "default", **extra}
+
+
+def node_inventory(rootfs: Path) -> dict:
+    return {"all": {"hosts": {NODE: chroot_host(rootfs),
+                              "localhost": {"ansible_connection": "local",
+                                            "ansible_python_interpreter": "{{ ansible_playbook_python }}"}}}}
+

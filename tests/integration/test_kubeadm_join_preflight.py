@@ -8,23 +8,20 @@ refusal, when containerd's driver is not the tenant's, is in tests/unit/test_kub
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 from kubeadm_lab_support import (
+    NODE,
     REPO,
-    VERSION,
-    chroot_host,
     copy_rootfs,
-    require_chroot_lab,
+    node_inventory,
+    node_vars,
     run_playbook,
-    start_lab_tenant,
 )
 
 pytestmark = pytest.mark.integration
 
-NODE = "worker-0"
 CA = "etc/kubernetes/pki/ca.crt"
 BOOTSTRAP = "etc/kubernetes/bootstrap-kubelet.conf"
 KUBELET_CONF = "etc/kubernetes/kubelet.conf"
@@ -35,60 +32,37 @@ PLAY = [{"name": "Worker", "hosts": NODE, "gather_facts": True, "vars": {"kubead
          "tasks": [{"name": "kubeadm_node", "ansible.builtin.include_role": {"name": "kubeadm_node"}}]}]
 
 
-def _vars(lab, **extra) -> dict:
-    return {"kubeadm_node_kubernetes_version": VERSION, "kubeadm_node_tenant_kubeconfig": lab.tenant.kubeconfig,
-            "kubeadm_node_manage_services": False, "kubeadm_node_wait_ready": False,
-            "kubeadm_node_pool": "default", **extra}
-
-
-def _inventory(rootfs: Path) -> dict:
-    return {"all": {"hosts": {NODE: chroot_host(rootfs),
-                              "localhost": {"ansible_connection": "local",
-                                            "ansible_python_interpreter": "{{ ansible_playbook_python }}"}}}}
-
-
-def _bootstrap_tokens(lab) -> list[str]:
-    return [s["metadata"]["name"] for s in lab.list("Secret", "kube-system")
+def _bootstrap_tokens(tenant_lab) -> list[str]:
+    return [s["metadata"]["name"] for s in tenant_lab.list("Secret", "kube-system")
             if s.get("type") == "bootstrap.kubernetes.io/token"]
 
 
-@pytest.fixture(scope="module")
-def cache():
-    return require_chroot_lab()
-
-
 @pytest.fixture
-def lab(tmp_path):
-    lab = start_lab_tenant(tmp_path / "kube")
-    yield lab
-    lab.emulator.stop()
+def rootfs(rootfs_cache, tmp_path):
+    return copy_rootfs(rootfs_cache, tmp_path / "rootfs")
 
 
-@pytest.fixture
-def rootfs(cache, tmp_path):
-    return copy_rootfs(cache, tmp_path / "rootfs")
-
-
-def test_a_join_killed_after_tls_bootstrap_began_is_reset_and_joined_by_the_next_run(lab, rootfs, tmp_path):
+def test_a_join_killed_after_tls_bootstrap_began_is_reset_and_joined_by_the_next_run(tenant_lab, rootfs, tmp_path):
     # The Node registration (the emulated kubelet's TLS bootstrap) hangs; `timeout` kills kubeadm join meanwhile.
-    lab.tenant.server.inject(r"^/api/v1/nodes$", 503, times=1, method="POST", delay=8, message="hung")
-    killed = run_playbook(tmp_path / "killed", PLAY, _inventory(rootfs),
-                          _vars(lab, kubeadm_node_join_timeout_seconds=3, kubeadm_node_join_kill_after_seconds=1,
-                                kubeadm_node_discovery_timeout_seconds=2))
+    tenant_lab.tenant.server.inject(r"^/api/v1/nodes$", 503, times=1, method="POST", delay=8, message="hung")
+    killed = run_playbook(tmp_path / "killed", PLAY, node_inventory(rootfs),
+                          node_vars(tenant_lab, kubeadm_node_join_timeout_seconds=3,
+                                    kubeadm_node_join_kill_after_seconds=1, kubeadm_node_discovery_timeout_seconds=2))
     assert killed.rc != 0
     failed = [e["event_data"] for e in killed.events if e.get("event") == "runner_on_failed"]
     assert [(f["task"], f["res"].get("rc")) for f in failed] == [("Run kubeadm join", 124)]  # killed by timeout
     assert (rootfs / CA).exists() and (rootfs / BOOTSTRAP).exists(), "what a killed kubelet-start leaves"
     assert not (rootfs / KUBELET_CONF).exists()
-    assert lab.get("Node", NODE) is None
-    assert not (rootfs / JOIN_CONFIG).exists() and _bootstrap_tokens(lab) == []  # the always: cleanup ran
+    assert tenant_lab.get("Node", NODE) is None
+    assert not (rootfs / JOIN_CONFIG).exists() and _bootstrap_tokens(tenant_lab) == []  # the always: cleanup ran
 
     # kubeadm itself (the emulator, run inside the root filesystem) now refuses to join it: RunJoinNodeChecks
     join = rootfs / "root/join.yaml"
     join.write_text(yaml.safe_dump({
         "apiVersion": "kubeadm.k8s.io/v1beta4", "kind": "JoinConfiguration", "nodeRegistration": {"name": NODE},
-        "discovery": {"bootstrapToken": {"apiServerEndpoint": lab.tenant.endpoint, "token": "abcdef.0123456789abcdef",
-                                         "caCertHashes": [lab.tenant.ca_cert_hash]}}}))
+        "discovery": {"bootstrapToken": {"apiServerEndpoint": tenant_lab.tenant.endpoint,
+                                         "token": "abcdef.0123456789abcdef",
+                                         "caCertHashes": [tenant_lab.tenant.ca_cert_hash]}}}))
     refused = subprocess.run(["chroot", str(rootfs), "/usr/bin/kubeadm", "join", "--config", "/root/join.yaml"],
                              capture_output=True, text=True, check=False, timeout=60)
     assert refused.returncode == 1
@@ -97,26 +71,26 @@ def test_a_join_killed_after_tls_bootstrap_began_is_reset_and_joined_by_the_next
     assert "[ERROR FileAvailable--etc-kubernetes-bootstrap-kubelet.conf]" in refused.stderr
     join.unlink()
 
-    rerun = run_playbook(tmp_path / "rerun", PLAY, _inventory(rootfs), _vars(lab))
+    rerun = run_playbook(tmp_path / "rerun", PLAY, node_inventory(rootfs), node_vars(tenant_lab))
     assert rerun.rc == 0, rerun.stdout
     reset = [e for e in rerun.events if e.get("event") == "runner_on_ok"
              and e["event_data"].get("task") == "Run kubeadm reset (half-finished join)"]
     assert len(reset) == 1 and "[reset]" in reset[0]["event_data"]["res"]["stdout"]
-    assert lab.get("Node", NODE) is not None
+    assert tenant_lab.get("Node", NODE) is not None
     assert (rootfs / KUBELET_CONF).exists() and not (rootfs / BOOTSTRAP).exists()
-    assert _bootstrap_tokens(lab) == []
+    assert _bootstrap_tokens(tenant_lab) == []
 
-    again = run_playbook(tmp_path / "again", PLAY, _inventory(rootfs), _vars(lab))
+    again = run_playbook(tmp_path / "again", PLAY, node_inventory(rootfs), node_vars(tenant_lab))
     assert again.rc == 0, again.stdout
     assert again.changed() == 0  # a joined node is left alone: no second reset
 
 
-def test_a_join_configuration_with_an_unknown_field_fails_validation_and_nothing_joins(lab, rootfs, tmp_path):
+def test_a_join_configuration_with_an_unknown_field_fails_validation_and_nothing_joins(tenant_lab, rootfs, tmp_path):
     template = tmp_path / "join-with-unknown-field.yaml.j2"
     template.write_text(JOIN_TEMPLATE.read_text().replace("nodeRegistration:\n", "nodeRegistration:\n  nodeName: x\n"))
 
-    run = run_playbook(tmp_path / "run", PLAY, _inventory(rootfs),
-                       _vars(lab, kubeadm_node_join_template=str(template)))
+    run = run_playbook(tmp_path / "run", PLAY, node_inventory(rootfs),
+                       node_vars(tenant_lab, kubeadm_node_join_template=str(template)))
 
     assert run.rc != 0
     # `kubeadm config validate` (strict) refused it; the task is no_log (the file holds the token), so the
@@ -124,15 +98,15 @@ def test_a_join_configuration_with_an_unknown_field_fails_validation_and_nothing
     failed = [e["event_data"]["task"] for e in run.events if e.get("event") == "runner_on_failed"]
     assert failed == ["Render the JoinConfiguration"]
     assert not (rootfs / CA).exists(), "kubeadm join never ran"
-    assert lab.get("Node", NODE) is None
-    assert not (rootfs / JOIN_CONFIG).exists() and _bootstrap_tokens(lab) == []
+    assert tenant_lab.get("Node", NODE) is None
+    assert not (rootfs / JOIN_CONFIG).exists() and _bootstrap_tokens(tenant_lab) == []
 
 
-def test_an_operator_cgroup_driver_that_differs_from_the_tenants_is_refused_naming_both(lab, rootfs, tmp_path):
-    run = run_playbook(tmp_path / "run", PLAY, _inventory(rootfs),
-                       _vars(lab, kubeadm_node_cgroup_driver="cgroupfs"))
+def test_an_operator_cgroup_driver_that_differs_from_the_tenants_is_refused_naming_both(tenant_lab, rootfs, tmp_path):
+    run = run_playbook(tmp_path / "run", PLAY, node_inventory(rootfs),
+                       node_vars(tenant_lab, kubeadm_node_cgroup_driver="cgroupfs"))
 
     assert run.rc != 0
     message = " ".join(run.failure_messages())
     assert "cgroupDriver systemd" in message and "kubeadm_node_cgroup_driver=cgroupfs" in message, message
-    assert lab.get("Node", NODE) is None and not (rootfs / CA).exists()
+    assert tenant_lab.get("Node", NODE) is None and not (rootfs / CA).exists()

@@ -10,17 +10,16 @@ import json
 import pytest
 import yaml
 from kubeadm_lab_support import (
+    NODE,
     VERSION,
-    chroot_host,
     copy_rootfs,
-    require_chroot_lab,
+    node_inventory,
+    node_vars,
     run_playbook,
-    start_lab_tenant,
 )
 
 pytestmark = pytest.mark.integration
 
-NODE = "worker-0"
 
 
 def _play(state: str, vm_record: str | None = None) -> list[dict]:
@@ -44,45 +43,21 @@ def _play(state: str, vm_record: str | None = None) -> list[dict]:
              "vars": {"kubeadm_node_state": state}, "tasks": tasks}]
 
 
-def _vars(lab, **extra) -> dict:
-    return {"kubeadm_node_kubernetes_version": VERSION, "kubeadm_node_tenant_kubeconfig": lab.tenant.kubeconfig,
-            "kubeadm_node_manage_services": False, "kubeadm_node_wait_ready": False,
-            "kubeadm_node_pool": "default", **extra}
+def _bootstrap_tokens(tenant_lab) -> list[dict]:
+    return [s for s in tenant_lab.list("Secret", "kube-system") if s.get("type") == "bootstrap.kubernetes.io/token"]
 
 
-@pytest.fixture(scope="module")
-def cache():
-    return require_chroot_lab()
-
-
-@pytest.fixture
-def lab(tmp_path):
-    lab = start_lab_tenant(tmp_path / "kube")
-    yield lab
-    lab.emulator.stop()
-
-
-def _inventory(rootfs) -> dict:
-    return {"all": {"hosts": {NODE: chroot_host(rootfs),
-                              "localhost": {"ansible_connection": "local",
-                                            "ansible_python_interpreter": "{{ ansible_playbook_python }}"}}}}
-
-
-def _bootstrap_tokens(lab) -> list[dict]:
-    return [s for s in lab.list("Secret", "kube-system") if s.get("type") == "bootstrap.kubernetes.io/token"]
-
-
-def test_join_never_leaks_the_bootstrap_token_and_deletes_it(cache, lab, tmp_path):
+def test_join_never_leaks_the_bootstrap_token_and_deletes_it(rootfs_cache, tenant_lab, tmp_path):
     created: list[dict] = []
-    lab.tenant.store.listeners.append(
+    tenant_lab.tenant.store.listeners.append(
         lambda event, rtype, obj: created.append(obj)
         if event == "ADDED" and obj.get("type") == "bootstrap.kubernetes.io/token" else None)
-    rootfs = copy_rootfs(cache, tmp_path / "rootfs")
+    rootfs = copy_rootfs(rootfs_cache, tmp_path / "rootfs")
 
-    run = run_playbook(tmp_path / "join", _play("joined"), _inventory(rootfs), _vars(lab))
+    run = run_playbook(tmp_path / "join", _play("joined"), node_inventory(rootfs), node_vars(tenant_lab))
 
     assert run.rc == 0, run.stdout
-    assert lab.get("Node", NODE) is not None
+    assert tenant_lab.get("Node", NODE) is not None
     assert len(created) == 1, "one per-node bootstrap token"
     # stringData is merged into data by the apiserver and never stored
     data = {k: base64.b64decode(v).decode() for k, v in (created[0].get("data") or {}).items()}
@@ -91,65 +66,67 @@ def test_join_never_leaks_the_bootstrap_token_and_deletes_it(cache, lab, tmp_pat
     full = f"{data['token-id']}.{secret}"
     text = run.stdout + run.artifacts_text()
     assert secret not in text and full not in text
-    assert _bootstrap_tokens(lab) == []  # deleted after the join
+    assert _bootstrap_tokens(tenant_lab) == []  # deleted after the join
     assert (rootfs / "etc/kubernetes/kubelet.conf").exists()
     assert not (rootfs / "etc/kubernetes/kubeadm-join.yaml").exists()  # the file holding the token is gone
     record = (rootfs / "etc/kubernetes/kubeadm-join.redacted.yaml").read_text()
     assert secret not in record
     assert yaml.safe_load(record)["discovery"]["bootstrapToken"]["token"] == "REDACTED"
 
-    again = run_playbook(tmp_path / "again", _play("joined"), _inventory(rootfs), _vars(lab))
+    again = run_playbook(tmp_path / "again", _play("joined"), node_inventory(rootfs), node_vars(tenant_lab))
     assert again.rc == 0, again.stdout
     assert again.changed() == 0
     assert len(created) == 1, "a joined node gets no new token"
 
 
-def test_remove_drains_and_deletes_the_node_before_the_vm(cache, lab, tmp_path):
-    rootfs = copy_rootfs(cache, tmp_path / "rootfs")
-    joined = run_playbook(tmp_path / "join", _play("joined"), _inventory(rootfs), _vars(lab))
+def test_remove_drains_and_deletes_the_node_before_the_vm(rootfs_cache, tenant_lab, tmp_path):
+    rootfs = copy_rootfs(rootfs_cache, tmp_path / "rootfs")
+    joined = run_playbook(tmp_path / "join", _play("joined"), node_inventory(rootfs), node_vars(tenant_lab))
     assert joined.rc == 0, joined.stdout
-    lab.tenant.add_pod("web-1", node_name=NODE, owner_kind="ReplicaSet")
-    lab.tenant.add_pod("agent-1", "kube-system", node_name=NODE, owner_kind="DaemonSet")
-    lab.tenant.add_pod("elsewhere", node_name="other-node", owner_kind="ReplicaSet")
-    lab.events.clear()
+    tenant_lab.tenant.add_pod("web-1", node_name=NODE, owner_kind="ReplicaSet")
+    tenant_lab.tenant.add_pod("agent-1", "kube-system", node_name=NODE, owner_kind="DaemonSet")
+    tenant_lab.tenant.add_pod("elsewhere", node_name="other-node", owner_kind="ReplicaSet")
+    tenant_lab.events.clear()
     vm_record = tmp_path / "vm-deleted.json"
 
-    run = run_playbook(tmp_path / "remove", _play("removed", str(vm_record)), _inventory(rootfs), _vars(lab))
+    run = run_playbook(tmp_path / "remove", _play("removed", str(vm_record)), node_inventory(rootfs),
+                       node_vars(tenant_lab))
 
     assert run.rc == 0, run.stdout
-    order = [(e, k, n) for e, k, n in lab.events if e == "DELETED" or (k == "Node" and e == "MODIFIED")]
+    order = [(e, k, n) for e, k, n in tenant_lab.events if e == "DELETED" or (k == "Node" and e == "MODIFIED")]
     assert ("MODIFIED", "Node", NODE) in order  # cordoned
     assert order.index(("DELETED", "Pod", "web-1")) < order.index(("DELETED", "Node", NODE))
     assert order.index(("MODIFIED", "Node", NODE)) < order.index(("DELETED", "Pod", "web-1"))
-    assert lab.get("Pod", "elsewhere", "default") is not None
-    assert lab.get("Pod", "agent-1", "kube-system") is not None  # DaemonSet pods are not evicted
-    assert lab.get("Node", NODE) is None
+    assert tenant_lab.get("Pod", "elsewhere", "default") is not None
+    assert tenant_lab.get("Pod", "agent-1", "kube-system") is not None  # DaemonSet pods are not evicted
+    assert tenant_lab.get("Node", NODE) is None
     assert json.loads(vm_record.read_text()) == {"node_present": False}
     assert not (rootfs / "etc/kubernetes/kubelet.conf").exists()  # kubeadm reset -f ran
 
 
-def test_a_node_that_never_joined_is_not_drained(cache, lab, tmp_path):
-    rootfs = copy_rootfs(cache, tmp_path / "rootfs")
-    lab.tenant.add_pod("web-1", node_name=NODE, owner_kind="ReplicaSet")  # stale binding, no Node
-    lab.events.clear()
+def test_a_node_that_never_joined_is_not_drained(rootfs_cache, tenant_lab, tmp_path):
+    rootfs = copy_rootfs(rootfs_cache, tmp_path / "rootfs")
+    tenant_lab.tenant.add_pod("web-1", node_name=NODE, owner_kind="ReplicaSet")  # stale binding, no Node
+    tenant_lab.events.clear()
     vm_record = tmp_path / "vm-deleted.json"
 
-    run = run_playbook(tmp_path / "remove", _play("removed", str(vm_record)), _inventory(rootfs), _vars(lab))
+    run = run_playbook(tmp_path / "remove", _play("removed", str(vm_record)), node_inventory(rootfs),
+                       node_vars(tenant_lab))
 
     assert run.rc == 0, run.stdout
-    assert lab.events == []  # no cordon, no eviction, no delete
-    assert lab.get("Pod", "web-1", "default") is not None
+    assert tenant_lab.events == []  # no cordon, no eviction, no delete
+    assert tenant_lab.get("Pod", "web-1", "default") is not None
     assert json.loads(vm_record.read_text()) == {"node_present": False}
 
 
-def test_a_kubelet_on_another_minor_fails_naming_both_versions(cache, lab, tmp_path):
-    rootfs = copy_rootfs(cache, tmp_path / "rootfs", kubelet_version="v1.34.3")
+def test_a_kubelet_on_another_minor_fails_naming_both_versions(rootfs_cache, tenant_lab, tmp_path):
+    rootfs = copy_rootfs(rootfs_cache, tmp_path / "rootfs", kubelet_version="v1.34.3")
 
-    run = run_playbook(tmp_path / "join", _play("joined"), _inventory(rootfs), _vars(lab))
+    run = run_playbook(tmp_path / "join", _play("joined"), node_inventory(rootfs), node_vars(tenant_lab))
 
     assert run.rc != 0
     messages = " ".join(run.failure_messages())
     assert "v1.34.3" in messages and VERSION in messages and "kubelet" in messages
-    assert lab.get("Node", NODE) is None
-    assert _bootstrap_tokens(lab) == []
+    assert tenant_lab.get("Node", NODE) is None
+    assert _bootstrap_tokens(tenant_lab) == []
     assert not (rootfs / "etc/modules-load.d/kubernetes.conf").exists()  # failed before prep touched the node
