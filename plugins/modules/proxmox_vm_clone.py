@@ -57,7 +57,7 @@ options:
   storage: {description: Target storage of full clones., type: str, default: ""}
   resource_pool: {description: PVE resource pool to put VMs in., type: str, default: ""}
   full_clone: {description: Full (true) or linked clone., type: bool, default: true}
-  concurrency_per_storage: {description: Parallel clones per storage., type: int, default: 2}
+  concurrency_per_storage: {description: Parallel clones per storage., type: int, default: 4}
   vmid_min: {description: First VMID of the operator's range., type: int, required: true}
   vmid_max: {description: Last VMID of the operator's range., type: int, required: true}
   ip_mode: {description: static or dhcp., type: str, choices: [static, dhcp], default: static}
@@ -217,7 +217,7 @@ def main():
         storage={"type": "str", "default": ""},
         resource_pool={"type": "str", "default": ""},
         full_clone={"type": "bool", "default": True},
-        concurrency_per_storage={"type": "int", "default": 2},
+        concurrency_per_storage={"type": "int", "default": 4},
         vmid_min={"type": "int", "required": True},
         vmid_max={"type": "int", "required": True},
         ip_mode={"type": "str", "default": "static", "choices": ["static", "dhcp"]},
