@@ -14,17 +14,7 @@ from agentkube.core.tcp_status import describe, reached, version_status
 from agentkube.core.tcp_upgrade import UpgradeRefused, plan_upgrade
 from agentkube.core.tenant_spec import SpecError, validate_tenant_spec
 from agentkube.core.version_window import default_window, parse_minor
-
-
-def _plain(value: Any) -> Any:
-    """Ansible's tagged str/dict/list subclasses -> plain Python values."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, str):
-        return str(value)
-    return value
+from ansible_collections.agentkube.kamaji.plugins.module_utils.plain_data import plain
 
 
 def agentkube_tenant_name(service_name: Any, service_id: Any) -> str:
@@ -33,7 +23,7 @@ def agentkube_tenant_name(service_name: Any, service_id: Any) -> str:
     if not isinstance(service_id, str) or not service_id:
         raise AnsibleFilterError("agentkube_service.id: must be a non-empty string")
     try:
-        return tenant_name(_plain(service_name), str(service_id))
+        return tenant_name(plain(service_name), str(service_id))
     except ValueError as e:  # naming's service-name error: says why the name cannot become a tenant name
         raise AnsibleFilterError(f"agentkube_service.name: {e}") from None
 
@@ -43,7 +33,7 @@ def agentkube_tenant_name_belongs(name: Any, service_id: Any) -> bool:
     with the service id's suffix. False, never an error, for anything else (None, a number, a mapping)."""
     if not isinstance(service_id, str) or not service_id:
         return False
-    return tenant_name_belongs(_plain(name), str(service_id))
+    return tenant_name_belongs(plain(name), str(service_id))
 
 
 SERVICE_ID_LABEL = "agentkube.io/service-id"  # set by templates/tenant-control-plane.yaml.j2
@@ -72,7 +62,7 @@ def tenant_spec_errors(data: Any, min_version: str | None = None, max_version: s
     """Every problem of a tenant spec as '<field path>: <message>'; [] when valid."""
     lo, hi = _window(min_version, max_version)
     try:
-        validate_tenant_spec(_plain(data), min_minor=lo, max_minor=hi)
+        validate_tenant_spec(plain(data), min_minor=lo, max_minor=hi)
     except SpecError as e:
         return [f"agentkube_tenant.{path}: {msg}" for path, msg in e.errors]
     return []
@@ -81,14 +71,14 @@ def tenant_spec_errors(data: Any, min_version: str | None = None, max_version: s
 def tenant_spec(data: Any, min_version: str | None = None, max_version: str | None = None) -> dict[str, Any]:
     """The tenant spec with every default filled (camelCase); raises on an invalid spec."""
     lo, hi = _window(min_version, max_version)
-    spec = validate_tenant_spec(_plain(data), min_minor=lo, max_minor=hi)
+    spec = validate_tenant_spec(plain(data), min_minor=lo, max_minor=hi)
     return spec.model_dump(mode="json")
 
 
 def tcp_settings_errors(variables: dict[str, Any]) -> list[str]:
     """Problems of the operator settings given as role variables {kamaji_tcp_<field>: value}."""
     try:
-        TcpSettings.from_vars(_plain(variables))
+        TcpSettings.from_vars(plain(variables))
     except ValidationError as e:
         return [
             f"kamaji_tcp_{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
@@ -113,7 +103,7 @@ def tcp_upgrade_plan(
             str(desired),
             min_minor=lo,
             max_minor=hi,
-            upgrade_path=_plain(upgrade_path),
+            upgrade_path=plain(upgrade_path),
             step_minors=bool(step_minors),
         )
     except (UpgradeRefused, ValueError) as e:
@@ -123,7 +113,7 @@ def tcp_upgrade_plan(
 
 def agentkube_deep_merge(base: Any, overlay: Any) -> Any:
     """Deep merge as `agentkube render` does it: mappings merge, lists replace, None deletes a key."""
-    return deep_merge(_plain(base), _plain(overlay))
+    return deep_merge(plain(base), plain(overlay))
 
 
 class FilterModule:
@@ -139,7 +129,7 @@ class FilterModule:
             "agentkube_tcp_settings_errors": tcp_settings_errors,
             "agentkube_tcp_upgrade_plan": tcp_upgrade_plan,
             "agentkube_deep_merge": agentkube_deep_merge,
-            "agentkube_tcp_status": lambda tcp: version_status(_plain(tcp)),
-            "agentkube_tcp_reached": lambda tcp, wanted: reached(_plain(tcp), str(wanted)),
-            "agentkube_tcp_describe": lambda tcp: describe(_plain(tcp)),
+            "agentkube_tcp_status": lambda tcp: version_status(plain(tcp)),
+            "agentkube_tcp_reached": lambda tcp, wanted: reached(plain(tcp), str(wanted)),
+            "agentkube_tcp_describe": lambda tcp: describe(plain(tcp)),
         }

@@ -5,20 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ansible_collections.agentkube.kamaji.plugins.module_utils.plain_data import plain
 from ansible_collections.agentkube.kamaji.plugins.module_utils.proxmox_vm_options import option_errors
-
-
-def _plain(value: Any) -> Any:
-    """Ansible's tagged str/int/dict/list subclasses -> plain Python values (bools are never subclassed)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return int(value)
-    return value
 
 
 def proxmox_vm_option_errors(options: Any, node_pools: Any = None) -> list[str]:
@@ -27,7 +15,7 @@ def proxmox_vm_option_errors(options: Any, node_pools: Any = None) -> list[str]:
     if not isinstance(options, dict):
         return ["proxmox_vm options: expected a mapping of cpu_type, sockets, balloon, data_disk, extra_nets"]
     pools = node_pools if isinstance(node_pools, list) else []
-    return option_errors(_plain(options), _plain(pools))
+    return option_errors(plain(options), plain(pools))
 
 
 class FilterModule:
