@@ -179,27 +179,27 @@ def destroy(client, vmid: int, name: str, shutdown_timeout: int, lock_timeout: f
     (qemu-server src/PVE/API2/Qemu.pm destroy_vm: without purge an HA resource cannot be destroyed; Sys.Console
     on / for the HA API is not needed). A VM that is already gone is success (returns False); one that is not the
     service's raises NotOwned before anything is done to it."""
-    try:
+    def delete() -> None:
         vm = wait_unlocked(client, vmid, name, lock_timeout)
         stop(client, vm, shutdown_timeout, owner=owner)  # checks ownership itself when the VM runs
         require_owned(client, vm, owner)
         client.retrying(lambda: client.run_task(
             "DELETE", f"/nodes/{vm['node']}/qemu/{vmid}", vm["node"],
             {"purge": 1, "destroy-unreferenced-disks": 1}))
-        return True
-    except VmGone:
-        return False
-    except PveApiError as e:
-        if e.missing:
-            return False
-        raise
+
+    return unless_gone(delete)
 
 
 def would_destroy(client, vmid: int, name: str, *, owner: Owner) -> bool:
     """destroy's prediction for check mode, read only: True when the VM exists under its name and is the
     service's (NotOwned when it is not, as destroy would raise); False when it is already gone."""
+    return unless_gone(lambda: require_owned(client, locate(client, vmid, name), owner))
+
+
+def unless_gone(action) -> bool:
+    """Run action(): True when it ran, False when the VM was already gone (destroy and its prediction agree)."""
     try:
-        require_owned(client, locate(client, vmid, name), owner)
+        action()
         return True
     except VmGone:
         return False
