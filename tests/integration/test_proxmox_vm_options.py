@@ -14,8 +14,8 @@ import json
 
 import pytest
 import test_proxmox_vm_role as role_tests
-from proxmox_vm_harness import Story, Tenant, pools, snapshot, tenant_vms, writes_to
-from test_proxmox_vm_role import TenantStory, by_name, start_lab
+from proxmox_vm_harness import Tenant, pools, snapshot, tenant_vms, writes_to
+from test_proxmox_vm_role import by_name, tenant_story
 
 from agentkube_lab.pve_lab import VM_STORAGE, PveLab, mac_of
 from agentkube_lab.pve_realism import Realism, role_privileges
@@ -88,12 +88,7 @@ def options_steps(lab: PveLab, t: Tenant) -> list:
 
 @pytest.fixture(scope="module")
 def options(tmp_path_factory):
-    lab = start_lab(tmp_path_factory, "pve-options")
-    t = Tenant(lab, tmp_path_factory.mktemp("options"), "opts")
-    story = Story(options_steps(lab, t)).start()
-    yield TenantStory(lab, t, story)
-    story.join()
-    lab.stop()
+    yield from tenant_story(tmp_path_factory, "pve-options", "options", "opts", options_steps)
 
 
 def test_every_option_converges_on_new_vms(options):

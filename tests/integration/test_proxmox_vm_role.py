@@ -89,6 +89,17 @@ class TenantStory:
         return [f"{self.tenant.name}-default-{i}" for i in indices]
 
 
+def tenant_story(tmp_path_factory, lab_name: str, folder: str, tenant_name: str, steps):
+    """For a module fixture (`yield from`): a lab of its own and one tenant whose story `steps(lab, tenant)` runs
+    in the background; joined and the lab stopped at teardown."""
+    lab = start_lab(tmp_path_factory, lab_name)
+    tenant = Tenant(lab, tmp_path_factory.mktemp(folder), tenant_name)
+    story = Story(steps(lab, tenant)).start()
+    yield TenantStory(lab, tenant, story)
+    story.join()
+    lab.stop()
+
+
 def lifecycle_steps(lab: PveLab, t: Tenant) -> list:
     def step(**runs):
         return lambda seen: {**{k: f(seen) for k, f in runs.items()}, "after": snapshot(lab)}
@@ -125,12 +136,7 @@ def lifecycle_steps(lab: PveLab, t: Tenant) -> list:
 
 @pytest.fixture(scope="module")
 def lifecycle(tmp_path_factory):
-    lab = start_lab(tmp_path_factory, "pve-lifecycle")
-    tenant = Tenant(lab, tmp_path_factory.mktemp("lifecycle"), "life")
-    story = Story(lifecycle_steps(lab, tenant)).start()
-    yield TenantStory(lab, tenant, story)
-    story.join()
-    lab.stop()
+    yield from tenant_story(tmp_path_factory, "pve-lifecycle", "lifecycle", "life", lifecycle_steps)
 
 
 @pytest.fixture(scope="module", autouse=True)
