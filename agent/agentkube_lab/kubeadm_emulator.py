@@ -23,7 +23,8 @@ follows kubernetes/kubernetes cmd/kubeadm (cited beside it; the join's rules liv
   `kubeadm reset -f` (local files only, as the real one), `kubeadm upgrade node` (checks the node has joined and
   rewrites the kubelet config).
 Nothing else is emulated. `install_into_rootfs` also places lab stand-ins for `kubelet` and `kubectl` that
-only print their version.
+only print their version; `package_files` names the files of each stand-in package, for install_into_rootfs and
+for the lab's apt repository (k8s_apt_repo), which serves them as .deb packages.
 
 Runs inside the root filesystem with its python3: standard library plus PyYAML (python3-yaml), and
 kubeadm_checks installed beside it; no agentkube imports.
@@ -582,25 +583,42 @@ sys.exit(kubeadm_main())
 """
 
 
-def install_into_rootfs(root: Path, version: str, kubelet_version: str | None = None) -> None:
-    """Place the lab kubeadm emulator and the kubelet/kubectl stand-ins under `root`/usr/bin."""
+LAB_PACKAGES = ("kubeadm", "kubelet", "kubectl")
+
+
+def check_version(version: str) -> None:
     if not re.match(r"^v\d+\.\d+\.\d+$", version):
         raise ValueError(f"version must look like v1.35.7, got {version!r}")
-    root = Path(root)
-    bin_dir = root / "usr/bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    lib_dir = root / LIB_DIR.lstrip("/")
-    lib_dir.mkdir(parents=True, exist_ok=True)
-    for module in (Path(__file__), Path(checks.__file__)):
-        (lib_dir / module.name).write_text(module.read_text())
-    (bin_dir / "kubeadm").write_text(KUBEADM_LAUNCHER.format(lib_dir=LIB_DIR))
-    (bin_dir / "kubelet").write_text(KUBELET_STUB.format(version=kubelet_version or version))
-    (bin_dir / "kubectl").write_text(KUBECTL_STUB.format(version=version))
-    for name in ("kubeadm", "kubelet", "kubectl"):
-        (bin_dir / name).chmod(0o755)
-    version_file = root / VERSION_FILE.lstrip("/")
-    version_file.parent.mkdir(parents=True, exist_ok=True)
-    version_file.write_text(version + "\n")
+
+
+def package_files(package: str, version: str) -> dict[str, tuple[str, int]]:
+    """The files the lab stand-in of `package` (one of LAB_PACKAGES) puts on a node at `version`: absolute path ->
+    (text, mode). The one source of them: install_into_rootfs writes them into a root filesystem, and
+    agentkube_lab.k8s_apt_repo packs them into the lab's .deb packages."""
+    check_version(version)
+    if package == "kubeadm":
+        files = {f"{LIB_DIR}/{module.name}": (module.read_text(), 0o644)
+                 for module in (Path(__file__), Path(checks.__file__))}
+        files["/usr/bin/kubeadm"] = (KUBEADM_LAUNCHER.format(lib_dir=LIB_DIR), 0o755)
+        files[VERSION_FILE] = (version + "\n", 0o644)
+        return files
+    if package == "kubelet":
+        return {"/usr/bin/kubelet": (KUBELET_STUB.format(version=version), 0o755)}
+    if package == "kubectl":
+        return {"/usr/bin/kubectl": (KUBECTL_STUB.format(version=version), 0o755)}
+    raise ValueError(f"no lab stand-in for package {package!r} (known: {', '.join(LAB_PACKAGES)})")
+
+
+def install_into_rootfs(root: Path, version: str, kubelet_version: str | None = None) -> None:
+    """Place the lab kubeadm emulator and the kubelet/kubectl stand-ins (package_files) under `root`."""
+    check_version(version)
+    for package in LAB_PACKAGES:
+        at = (kubelet_version or version) if package == "kubelet" else version
+        for absolute, (text, mode) in package_files(package, at).items():
+            target = Path(root) / absolute.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            target.chmod(mode)
 
 
 def install_main(argv: list[str] | None = None) -> int:
