@@ -52,6 +52,10 @@ def story() -> list[Step]:
         Step("delete it", "delete"),
     ]
 
+WORKERS_BOOTED = ("booted like VMs (cloud-init, an sshd each), reached over SSH as the cloud-init user with become, "
+                  "host keys pinned through the guest agent, packages from the lab's pkgs.k8s.io; "
+                  "kubeadm and kubelet EMULATED")
+
 
 class Demo:
     def __init__(self, state_dir: Path, out: TextIO = sys.stdout, step_timeout_s: float = 600):
@@ -71,7 +75,7 @@ class Demo:
         with self.lab:
             self.say(f"lab up: Fulcrum emulator {self.lab.fulcrum.url}, Kamaji parent {self.lab.kube.url}, "
                      f"Proxmox VE {self.lab.pve.url} ({self.lab.pve.realism.describe()}); workers: "
-                     + ("EMULATED (chroot root filesystems, lab kubeadm emulator)" if self.lab.emulated_workers
+                     + (WORKERS_BOOTED if self.lab.emulated_workers
                         else "VMs only, join skipped (agentkube_join_workers: false)"))
             # The agent runs as its own process, as it is deployed (and so it does not share the emulators'
             # interpreter); its log goes to a file in the lab's state folder.

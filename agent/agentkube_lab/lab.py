@@ -4,16 +4,21 @@
 - the Kubernetes API emulator acting as the Kamaji parent cluster (`kube=True`): TenantControlPlanes
   become tenant API servers on 127.0.0.1;
 - the Proxmox VE emulator, fakepve (`pve=True`), with one template per supported Kubernetes minor;
-- EMULATED workers (`emulated_workers=True`, needs root and the cached Debian 12 root filesystem): each
-  worker VM gets a root filesystem copy reached with the chroot connection, with the lab kubeadm emulator
-  installed (a real kubelet cannot run here). Without them the playbooks skip the join
-  (`agentkube_join_workers: false` in the generated inventory).
+- EMULATED workers (`emulated_workers=True`, needs root and the cached Debian 12 root filesystem): each worker
+  VM boots like a cloud image (lab_guest_machines.py: a root filesystem copy per VM, cloud-init applied, an sshd on
+  the VM's address in 127.0.0.0/8) and is reached over SSH as the cloud-init user with become, its host key pinned
+  through the guest agent; kubelet/kubeadm come from the lab's pkgs.k8s.io on loopback (k8s_apt_repo.py), whose
+  packages carry the lab kubeadm emulator (a real kubelet cannot run here). Without them the playbooks skip the
+  join (`agentkube_join_workers: false` in the generated inventory).
 
 state_dir/
   ca/                 the lab CA and server certificates (Fulcrum)
   kube/               the Kubernetes emulator's state and CA; kube/parent.kubeconfig (0600)
   pve/                fakepve's CA
-  workers/            the emulated workers' root filesystems, one per VM name
+  workers/            the emulated workers' root filesystems, one per VM
+  ssh/                the controller's SSH key for the workers (0600)
+  known_hosts/        the per-tenant known_hosts files the playbooks write
+  apt/                the lab's Kubernetes apt repository and its signing key
   agent-token         the agent's Fulcrum token (0600)
   agent.yaml          agent configuration pointing at the lab (token by file, CA verified)
   inventory/          hosts.yml + group_vars/all.yml with the operator settings for the lab (0600: it holds
@@ -25,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,7 @@ from agentkube.core.project import project_dir
 from agentkube_lab.certs import LabCA
 from agentkube_lab.fulcrum_catalog import Catalog, register_catalog
 from agentkube_lab.fulcrum_emulator import FulcrumEmulator
+from agentkube_lab.vm_guest_os import ROOTFS_MARKERS
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +63,15 @@ def rootfs_cache() -> Path:
     return Path(os.environ.get("AGENTKUBE_ROOTFS_CACHE") or default)
 
 
+def rootfs_complete(path: Path) -> bool:
+    return all((Path(path) / marker).exists() for marker in ROOTFS_MARKERS)
+
+
 def emulated_workers_available() -> tuple[bool, str]:
     """(True, "") when emulated workers can run here, else (False, why not)."""
     if os.geteuid() != 0:
-        return False, "the chroot connection needs root"
-    if not (rootfs_cache() / "usr" / "bin" / "python3").exists():
+        return False, "booting the workers' root filesystems (chroot, namespaces, sshd) needs root"
+    if not rootfs_complete(rootfs_cache()):
         return False, (f"no cached Debian 12 root filesystem at {rootfs_cache()} "
                        "(build it with roles/kubeadm_node/molecule/default/build_rootfs.sh)")
     return True, ""
@@ -97,6 +108,15 @@ class Lab:
             if not ok:
                 raise RuntimeError(f"emulated workers are not available: {why}")
         self.emulated_workers = bool(emulated_workers)
+        self.apt_repo: Any = None
+        if self.emulated_workers:
+            from agentkube_lab.k8s_apt_repo import K8sAptRepo
+            from agentkube_lab.lab_guest_machines import GuestMachines
+
+            # Worker VMs boot like cloud images (cloud-init applied, an sshd on their address) and get kubelet and
+            # kubeadm from the lab's pkgs.k8s.io on loopback.
+            self.pve.guests.machines = GuestMachines(rootfs_cache(), self.workers_dir)
+            self.apt_repo = K8sAptRepo(self.state_dir / "apt")
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> Lab:
@@ -106,6 +126,8 @@ class Lab:
                 self.kube.start()
             if self.pve is not None:
                 self.pve.start()
+            if self.apt_repo is not None:
+                self.apt_repo.start()
         except BaseException:
             self.stop()
             raise
@@ -118,6 +140,8 @@ class Lab:
     def stop(self) -> None:
         if self.pve is not None:
             self.pve.stop()
+        if self.apt_repo is not None:
+            self.apt_repo.stop()
         if self.kube is not None:
             self.kube.stop()
         self.fulcrum.stop()
@@ -152,7 +176,9 @@ class Lab:
             for vm in self.pve.call(self._owned_vms):
                 left.append(f"VM {vm}")
         if self.emulated_workers and self.workers_dir.exists():
-            left.extend(f"emulated worker root filesystem {p.name}" for p in sorted(self.workers_dir.iterdir()))
+            # a VM's disk (its sshd's log stays beside it, as a VM's console log would)
+            left.extend(f"emulated worker root filesystem {p.name}" for p in sorted(self.workers_dir.iterdir())
+                        if p.is_dir())
         return left
 
     def _owned_vms(self) -> list[str]:
@@ -184,6 +210,22 @@ class Lab:
     @property
     def workers_dir(self) -> Path:
         return self.state_dir / "workers"
+
+    def worker_root(self, name: str) -> Path:
+        """The root filesystem (disk) of the lab VM named `name` (one per VM: `<name>-<vmid>-<random>`)."""
+        disks = sorted(p for p in self.workers_dir.glob(f"{name}-[0-9]*-*") if p.is_dir())
+        if len(disks) != 1:
+            raise LookupError(f"lab VM {name}: {len(disks)} disks in {self.workers_dir}")
+        return disks[0]
+
+    @property
+    def ssh_key(self) -> Path:
+        """The controller's SSH key for the workers' cloud-init user (0600; made at start)."""
+        return self.state_dir / "ssh" / "id_ed25519"
+
+    @property
+    def ssh_public_key(self) -> str:
+        return Path(f"{self.ssh_key}.pub").read_text().strip()
 
     def create_rehearsal_service(self, name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
         """A service of the shipped type in the first group, with its create job Pending (for rehearsals)."""
@@ -224,14 +266,17 @@ class Lab:
         settings["agentkube_join_workers"] = self.emulated_workers
         if self.emulated_workers:
             settings.update({
-                # EMULATED workers: a root filesystem per VM, reached with the chroot connection.
-                "agentkube_worker_connection": "lab_chroot",
-                "agentkube_lab_worker_rootfs_cache": str(rootfs_cache()),
-                "agentkube_lab_workers_dir": str(self.workers_dir),
+                # The workers are reached as in production (SSH as the cloud-init user, become, host keys pinned
+                # through the guest agent); only addresses of the lab network are ever connected to.
+                "ansible_ssh_private_key_file": str(self.ssh_key),
+                "proxmox_vm_ssh_public_keys": [self.ssh_public_key],
+                "agentkube_worker_networks": ["127.0.0.0/8"],
+                "agentkube_known_hosts_dir": str(self.state_dir / "known_hosts"),
+                # The lab's pkgs.k8s.io (k8s_apt_repo.py): kubelet/kubeadm/kubectl packages of the lab stand-ins.
+                "kubeadm_node_package_repo_url": self.apt_repo.url + "core:/stable:/{{ kubeadm_node_minor }}/deb/",
+                # EMULATED workers: no systemd runs in a lab VM, and its kubelet is a stand-in that never gets Ready.
                 "kubeadm_node_manage_services": False,
                 "kubeadm_node_wait_ready": False,
-                "kubeadm_node_install_packages": False,
-                "kubeadm_node_packages_tasks": str(PROJECT / "playbooks" / "tasks" / "lab_worker_packages.yml"),
             })
         settings.update(self.operator_vars)
         return settings
@@ -247,6 +292,10 @@ class Lab:
         if self.emulated_workers:
             shutil.rmtree(self.workers_dir, ignore_errors=True)
             self.workers_dir.mkdir(mode=0o700)
+            if not self.ssh_key.exists():
+                self.ssh_key.parent.mkdir(mode=0o700, exist_ok=True)
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "agentkube-lab",
+                                "-f", str(self.ssh_key)], check=True, capture_output=True)
         (self.inventory_dir / "group_vars").mkdir(parents=True, exist_ok=True)
         hosts = {"all": {"hosts": {"localhost": {
             "ansible_connection": "local",

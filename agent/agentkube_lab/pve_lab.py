@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import secrets
 import threading
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agentkube_lab.certs import LabCA
+from agentkube_lab.lab_guest_machines import HOST_KEY_PATH, CloudInit
 from agentkube_lab.pve_realism import (
     BROADCAST_FIELDS,
     Realism,
@@ -40,12 +42,16 @@ SUPPORTED_MINORS = ("1.33", "1.34", "1.35", "1.36")
 TEMPLATE_VMID_BASE = 9000  # template of 1.35 is 9035
 VM_STORAGE = "vmstore"
 NODES = ("pve1", "pve2")
+log = logging.getLogger(__name__)
+
 TOKEN_USER = "agentkube@pve"  # noqa: S105 - a user name, not a secret
 TOKEN_NAME = "agent"  # noqa: S105 - the token id; its secret is random per lab start
 # The lab network: the static pool of group_vars() and, disjoint from it, the DHCP server's range.
-LAB_GATEWAY = "10.0.0.1"
-STATIC_POOL = "10.0.0.60-10.0.0.199"
-DHCP_RANGE = "10.0.0.200-10.0.0.250"
+# The lab network lies in 127.0.0.0/8 (all of it is local on Linux): each VM's sshd binds its own address there,
+# and nothing in the lab connects outside loopback. The gateway and nameserver are only strings in the VM config.
+LAB_GATEWAY = "127.0.10.1"
+STATIC_POOL = "127.0.10.60-127.0.10.199"
+DHCP_RANGE = "127.0.10.200-127.0.10.250"
 LAB_PREFIX = 24
 # PVE seconds from a VM's start until its guest agent answers (the guest booting).
 AGENT_DELAY = 30.0
@@ -113,6 +119,14 @@ class LabGuests:
         self.dhcp = dhcp or LabDhcp()
         # Names of VMs whose guest agent never comes up (a fault, like agent_delay None for all).
         self.silent: set[str] = set()
+        # The VMs as machines (lab_guest_machines.GuestMachines): each booted guest gets cloud-init applied to its
+        # disk and an sshd on its address. None: guests are only their agents.
+        self.machines: Any = None
+        # Wall-clock seconds between cloud-init's host keys and sshd answering (the fault "SSH comes late").
+        self.ssh_delay = 0.0
+        # Names of VMs whose sshd presents another host key than the one cloud-init wrote (the fault "someone
+        # else answers at the VM's address").
+        self.impostors: set[str] = set()
 
     def interfaces(self, vm: Any, vms: list) -> list[dict]:
         """network-get-interfaces of a booted guest: lo, and eth0 with net0's MAC and its address."""
@@ -425,12 +439,68 @@ def _lab_fake_class():
                 return  # the fault: this guest's agent never comes up
             await self.pause(delay)
             if vm.status == "running" and vm.started_at == boot and vm in self.vms:
-                vm.agent = {"interfaces": self.guests.interfaces(vm, list(self.vms))}
+                vm.agent = {"interfaces": self.guests.interfaces(vm, list(self.vms)), "files": {}}
+                if self.guests.machines is not None:
+                    await self._lab_machine_boots(vm, boot)
+
+        def _lab_same_boot(self, vm, boot) -> bool:
+            return vm.status == "running" and vm.started_at == boot and vm in self.vms
+
+        async def _lab_machine_boots(self, vm, boot):
+            """The guest's cloud-init, then its sshd (lab_guest_machines.py). The agent answers before cloud-init
+            has written the host keys, as qemu-guest-agent starts before cloud-init's ssh module runs."""
+            machines = self.guests.machines
+            loop = asyncio.get_running_loop()
+            eth0 = next((i for i in vm.agent["interfaces"] if i["name"] == "eth0"), {})
+            ipv4 = next((a for a in eth0.get("ip-addresses", []) if a["ip-address-type"] == "ipv4"), None)
+            if ipv4 is None:
+                return  # no address (the DHCP range is exhausted): cloud-init's network never came up
+            key = vm.__dict__.setdefault("_lab_disk", f"{vm.name}-{vm.vmid}-{secrets.token_hex(3)}")
+            self.__dict__.setdefault("_lab_disks", {})[key] = vm
+            settings = CloudInit.from_vm_config(vm.config, vm.name, ipv4["ip-address"], ipv4["prefix"])
+            try:
+                host_key = await loop.run_in_executor(None, machines.boot, key, settings)
+            except Exception:  # a guest that fails to boot stays without sshd, as a real one
+                log.exception("lab VM %s: cloud-init failed", vm.name)
+                return
+            if not self._lab_same_boot(vm, boot):
+                return
+            vm.agent["files"][HOST_KEY_PATH] = host_key + "\n"
+            if self.guests.ssh_delay:
+                await asyncio.sleep(self.guests.ssh_delay)
+            if self._lab_same_boot(vm, boot):
+                if vm.name in self.guests.impostors:
+                    await loop.run_in_executor(None, machines.impersonate, key)
+                await loop.run_in_executor(None, machines.start_sshd, key, ipv4["ip-address"])
+                vm.__dict__["_lab_sshd_boot"] = boot
+
+        async def lab_reap_machines(self, period: float = 0.2) -> None:
+            """A stopped VM's sshd ends with it; a destroyed VM's disk is removed (polls the VMs' state)."""
+            machines = self.guests.machines
+            loop = asyncio.get_running_loop()
+            while True:
+                await asyncio.sleep(period)
+                for key, vm in list(self.__dict__.get("_lab_disks", {}).items()):
+                    if vm not in self.vms:
+                        self._lab_disks.pop(key, None)
+                        await loop.run_in_executor(None, machines.destroy, key)
+                    elif vm.__dict__.get("_lab_sshd_boot") is not None and not self._lab_same_boot(
+                            vm, vm.__dict__["_lab_sshd_boot"]):
+                        vm.__dict__["_lab_sshd_boot"] = None
+                        await loop.run_in_executor(None, machines.halt, key)
 
         async def _agent_call(self, match, values):
             vm = self.find(values["node"], values["vmid"])
             if not agent_enabled(vm.config.get("agent")):
                 raise PveError(500, "No QEMU guest agent configured")
+            if match.template.endswith("/file-read") and vm.status == "running" and vm.agent is not None:
+                # qemu-server src/PVE/API2/Qemu/Agent.pm file-read: agent_cmd(file-open, ..., "can't open file")
+                # dies with "Agent error: <the guest agent's error>"; qemu-ga's guest-file-open error for a missing
+                # file is "failed to open file '<path>' (mode: 'r'): No such file or directory".
+                path = str(values.get("file", ""))
+                if path not in (vm.agent.get("files") or {}):
+                    raise PveError(500, f"Agent error: failed to open file '{path}' (mode: 'r'): "
+                                        "No such file or directory")
             return await super()._agent_call(match, values)
 
         def _routes_lab_qemu_resize(self):
@@ -545,10 +615,13 @@ class PveLab:
                 fake.lab_broadcast()  # the templates are known to pvestatd already
                 self._pvestatd = loop.create_task(
                     fake.lab_pvestatd(self.realism.status_period, self.realism.status_wall_clock))
+            reaper = loop.create_task(fake.lab_reap_machines()) if self.guests.machines is not None else None
             ready.set()
             loop.run_forever()
             if self._pvestatd:
                 self._pvestatd.cancel()
+            if reaper:
+                reaper.cancel()
             loop.run_until_complete(fake.stop())
             loop.close()
 
@@ -566,6 +639,8 @@ class PveLab:
             self._thread.join(10)
         self._thread = None
         self._loop = None
+        if self.guests.machines is not None:
+            self.guests.machines.halt_all()  # no VM's sshd outlives the lab
 
     def __enter__(self) -> PveLab:
         return self.start()

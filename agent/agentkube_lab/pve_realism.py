@@ -55,6 +55,9 @@ VM_PRIVILEGES = (
     "VM.Config.Options",    # update_vm: description, onboot, agent, tags ($generaloptions, assert_tag_permissions)
     "VM.PowerMgmt",         # vm_start, vm_stop, vm_shutdown
     "VM.GuestAgent.Audit",  # agent/network-get-interfaces (DHCP addresses)
+    # agent/file-read of the SSH host key (src/PVE/API2/Qemu/Agent.pm file-read: VM.GuestAgent.FileRead or
+    # VM.GuestAgent.Unrestricted on PVE 9; VM.Monitor on PVE 8)
+    "VM.GuestAgent.FileRead",
 )
 
 

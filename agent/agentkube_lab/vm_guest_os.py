@@ -435,6 +435,11 @@ class GuestDisk:
             if sources:
                 subprocess.run(["cp", flags, "-t", str(partial), *sources], check=True, timeout=600)
         shutil.copystat(cache, partial)
+        # The lab's worker image reaches no Debian mirror (nothing in the lab leaves 127.0.0.0/8): its packages
+        # come only from the repositories the role adds (the lab's pkgs.k8s.io on loopback, k8s_apt_repo.py).
+        (partial / "etc/apt/sources.list").unlink(missing_ok=True)
+        (partial / "etc/apt/sources.list").write_text(
+            "# agentkube lab worker image: no Debian mirror is reachable from the lab\n")
         os.rename(partial, disk.root)
         return disk
 

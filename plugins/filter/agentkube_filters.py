@@ -3,6 +3,7 @@ derive names, validate specs and plan upgrades with the same code (no logic live
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
@@ -116,6 +117,21 @@ def agentkube_deep_merge(base: Any, overlay: Any) -> Any:
     return deep_merge(plain(base), plain(overlay))
 
 
+def agentkube_address_in(address: Any, networks: Any) -> bool:
+    """Whether `address` is an IP address inside one of `networks` (CIDRs); False for anything not an address.
+    The worker plays connect only to addresses in agentkube_worker_networks (the lab: 127.0.0.0/8)."""
+    try:
+        ip = ipaddress.ip_address(str(address))
+    except ValueError:
+        return False
+    if isinstance(networks, str):
+        networks = [networks]
+    try:
+        return any(ip in ipaddress.ip_network(str(net), strict=False) for net in networks or [])
+    except ValueError as e:
+        raise AnsibleFilterError(f"agentkube_worker_networks: {e}") from None
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         shared = {name: f for name, f in TEMPLATE_FILTERS.items() if name != "to_json"}  # Ansible has its own
@@ -129,6 +145,7 @@ class FilterModule:
             "agentkube_tcp_settings_errors": tcp_settings_errors,
             "agentkube_tcp_upgrade_plan": tcp_upgrade_plan,
             "agentkube_deep_merge": agentkube_deep_merge,
+            "agentkube_address_in": agentkube_address_in,
             "agentkube_tcp_status": lambda tcp: version_status(plain(tcp)),
             "agentkube_tcp_reached": lambda tcp, wanted: reached(plain(tcp), str(wanted)),
             "agentkube_tcp_describe": lambda tcp: describe(plain(tcp)),

@@ -123,7 +123,9 @@ def guest_ipv4(interfaces, mac: str = "") -> str:
                 ip = ipaddress.IPv4Address(str(addr.get("ip-address", "")))
             except ValueError:
                 continue
-            if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified):
+            # lo's 127.0.0.1 is never the VM's address; on the NIC matched by its MAC a loopback address is (the
+            # lab's network lies in 127.0.0.0/8).
+            if not (ip.is_link_local or ip.is_unspecified or (ip.is_loopback and not mac)):
                 return str(ip)
     return ""
 

@@ -18,7 +18,7 @@ import yaml
 from agentkube_lab.kube_emulator import KubeEmulator
 from agentkube_lab.kube_tenant import TenantApi
 from agentkube_lab.kubeadm_emulator import install_into_rootfs
-from agentkube_lab.lab import rootfs_cache
+from agentkube_lab.lab import rootfs_cache, rootfs_complete
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_ROOTFS = REPO / "roles/kubeadm_node/molecule/default/build_rootfs.sh"
@@ -30,7 +30,7 @@ def require_chroot_lab() -> Path:
     if os.geteuid() != 0:
         pytest.skip("needs root: the chroot connection and debootstrap need it")
     cache = rootfs_cache()
-    if not (cache / "usr/bin/python3").exists():
+    if not rootfs_complete(cache):
         if shutil.which("debootstrap") is None:
             pytest.skip("debootstrap is not installed (apt-get install debootstrap) and no cached rootfs exists")
         subprocess.run([str(BUILD_ROOTFS), str(cache)], check=True, timeout=1800)

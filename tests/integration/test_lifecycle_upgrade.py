@@ -6,7 +6,6 @@ one emulated binary); the order is read from the job's events the agent's runner
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from agent_harness import job_done, lifecycle_lab, wait_for
@@ -80,7 +79,7 @@ def test_an_upgrade_drains_upgrades_and_uncordons_each_worker_before_the_next(la
     assert sorted(nodes) == workers
     assert not any(n.get("spec", {}).get("unschedulable") for n in nodes.values())  # all uncordoned
     for worker in workers:  # the version each node records after `kubeadm upgrade node`
-        record = Path(lab.workers_dir, worker, "etc/kubernetes/agentkube-node-version").read_text().strip()
+        record = (lab.worker_root(worker) / "etc/kubernetes/agentkube-node-version").read_text().strip()
         assert record == TO, (worker, record)
 
     deleted = lab.fulcrum.request_action(svc["id"], "delete")

@@ -111,7 +111,7 @@ def test_every_option_converges_on_new_vms(options):
         assert cfg["net1"] == f"virtio={mac1},bridge=vmbr1,firewall=1,tag=42"
         assert cfg["net2"] == f"e1000={mac2},bridge=vmbr2"
         assert cfg["ipconfig1"] == "ip=dhcp" and "ipconfig2" not in cfg
-        assert cfg["net0"].endswith(",bridge=vmbr0") and cfg["ipconfig0"].startswith("ip=10.0.0.")
+        assert cfg["net0"].endswith(",bridge=vmbr0") and cfg["ipconfig0"].startswith("ip=127.0.10.")
     assert {n["status"] for n in run.nodes} == {"running"}
 
 

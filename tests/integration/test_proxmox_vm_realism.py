@@ -39,8 +39,8 @@ def assert_converged(vm) -> None:
     """Configured before it was started, and running."""
     config = vm.config
     assert config.get("ciuser") == "agentkube", vm.name
-    assert str(config.get("ipconfig0", "")).startswith("ip=10.0.0."), vm.name
-    assert config.get("nameserver") == "10.0.0.1" and "sshkeys" in config, vm.name
+    assert str(config.get("ipconfig0", "")).startswith("ip=127.0.10."), vm.name
+    assert config.get("nameserver") == "127.0.10.1" and "sshkeys" in config, vm.name
     assert str(config.get("onboot")) == "1", vm.name
     assert vm.status == "running", vm.name
 
@@ -106,7 +106,7 @@ def test_a_run_ended_between_clone_and_configure_then_a_run_that_converges(lab, 
     # the configured VM is kept, the orphan removed.
     kept = min(tenant_vms(state, t.service_id), key=lambda vm: vm.name)
     lab.call(lambda: lab.fake.add_vm(4499, kept.name, node="pve1", config={
-        "description": f"agentkube: service={t.service_id} ip=10.0.0.198", "tags": "k8s-1-35;template",
+        "description": f"agentkube: service={t.service_id} ip=127.0.10.198", "tags": "k8s-1-35;template",
         "scsi0": f"{VM_STORAGE}:vm-4499-disk-0,size=10G", "net0": "virtio=BC:24:11:00:44:99,bridge=vmbr0"}))
     deduped = t.run(pools(("default", 2)))
     assert deduped.rc == 0, deduped.stdout[-3000:]

@@ -37,7 +37,7 @@ from agentkube_lab.pve_lab import LabDhcp, PveLab, mac_of
 
 pytestmark = pytest.mark.integration
 
-STATIC_POOL = [f"10.0.0.{i}" for i in range(60, 200)]
+STATIC_POOL = [f"127.0.10.{i}" for i in range(60, 200)]
 BIG = {"cores": 2, "memory": 4096, "disk": 40}
 GROWN = {"cores": 4, "memory": 8192, "disk": 50}
 
@@ -338,10 +338,10 @@ def test_pool_of_five_is_created_in_parallel_and_rerun_changes_nothing(lifecycle
     vms = by_name(state, t.service_id)
     for node in first.nodes:
         cfg = vms[node["name"]].config
-        assert cfg["ipconfig0"] == f"ip={node['ip']}/24,gw=10.0.0.1"
+        assert cfg["ipconfig0"] == f"ip={node['ip']}/24,gw=127.0.10.1"
         assert str(cfg["cores"]) == "2" and str(cfg["memory"]) == "4096"
         assert "size=40G" in cfg["scsi0"]
-        assert cfg["ciuser"] == "agentkube" and str(cfg["ciupgrade"]) == "0" and cfg["nameserver"] == "10.0.0.1"
+        assert cfg["ciuser"] == "agentkube" and str(cfg["ciupgrade"]) == "0" and cfg["nameserver"] == "127.0.10.1"
         assert urllib.parse.unquote(cfg["sshkeys"]).startswith("ssh-ed25519 ")
         assert set(cfg["tags"].split(";")) == {"agentkube", f"svc-{t.service_id}", f"tenant-{t.name}",
                                               "pool-default"}

@@ -47,7 +47,7 @@ FOREIGN = [
     # the operator's own VM: no tags at all, no clone marker
     ("untagged", None, None),
     # untagged, with another service's clone marker
-    ("other-marker", None, "agentkube: service={other} ip=10.0.0.99"),
+    ("other-marker", None, "agentkube: service={other} ip=127.0.10.99"),
     # this service's svc- tag but not the agent's owner tag
     ("no-owner-tag", "pool-default;svc-{mine};tenant-victim", None),
 ]
@@ -110,7 +110,7 @@ def test_the_services_own_vms_are_still_stopped_and_deleted(lab, tmp_path):
     _seed(lab, tagged, f"{t.name}-default-0", f"agentkube;pool-default;svc-{t.service_id};tenant-{t.name}",
           "running")
     _seed(lab, half_made, f"{t.name}-default-1", None, "stopped",
-          f"agentkube: service={t.service_id} ip=10.0.0.98")
+          f"agentkube: service={t.service_id} ip=127.0.10.98")
     run = t.run(state="absent")
     assert run.rc == 0, run.stdout[-3000:]
     assert _vm(lab, tagged) is None and _vm(lab, half_made) is None

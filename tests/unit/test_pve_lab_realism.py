@@ -96,7 +96,7 @@ def test_templates_are_in_the_first_broadcast(lagging):
 
 def test_fresh_clone_is_unknown_and_nameless_until_the_broadcast_and_its_lock_is_live(lagging):
     lagging.lab.call(lagging.lab.fake.ceph_slow, 500.0, "HEALTH_OK")  # a disk copy of 1 s of wall time
-    upid = lagging.clone(4101, "lag-a-0", description="agentkube: svc=x ip=10.0.0.60")
+    upid = lagging.clone(4101, "lag-a-0", description="agentkube: svc=x ip=127.0.10.60")
     entry = lagging.resource(4101)
     assert entry["status"] == "unknown" and "name" not in entry and "template" not in entry
     assert entry["lock"] == "clone" and entry["node"] == "pve1"  # read live
@@ -197,6 +197,32 @@ def test_least_privileged_token_holds_exactly_the_documented_privileges(tmp_path
         # A privilege the role does not document (VM.Config.HWType): refused.
         upid = api.ok("POST", "/nodes/pve1/qemu/4120/config", vga="std")
         assert api.task("pve1", upid)["exitstatus"] == "Permission check failed (/vms/4120, VM.Config.HWType)"
+    finally:
+        lab.stop()
+
+
+def test_guest_agent_file_read_waits_for_the_file_and_needs_its_privilege(tmp_path):
+    """The host key is read before the first SSH connection: PVE answers a file the guest has not written yet with the
+    agent's error (qemu-server Agent.pm file-read), and without VM.GuestAgent.FileRead with a 403."""
+    lab = PveLab(tmp_path, time_scale=SCALE, realism=Realism(least_privilege=True)).start()
+    try:
+        api = Api(lab)
+        assert api.task("pve1", api.clone(4130, "fr-a-0"))["exitstatus"] == "OK"
+        assert api.task("pve1", api.ok("POST", "/nodes/pve1/qemu/4130/status/start"))["exitstatus"] == "OK"
+        path, key = "/nodes/pve1/qemu/4130/agent/file-read", "/etc/ssh/ssh_host_ed25519_key.pub"
+        answers = []
+        wait_until(lambda: answers.append(api.call("GET", path, file=key)) or "not running" not in answers[-1][1])
+        code, message = answers[-1]
+        assert (code, message.strip()) == (500, f"Agent error: failed to open file '{key}' (mode: 'r'): "
+                                                "No such file or directory")
+
+        def drop_file_read():
+            for _path, privs in lab.fake.acl[lab.token_id]:
+                privs.discard("VM.GuestAgent.FileRead")
+
+        lab.call(drop_file_read)
+        code, message = api.call("GET", path, file=key)
+        assert code == 403 and "VM.GuestAgent.FileRead" in message, message
     finally:
         lab.stop()
 

@@ -166,7 +166,11 @@ class JobRunner:
             return True
 
         env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               "ANSIBLE_CONFIG": str(self.project_dir / "ansible.cfg"), "PYTHONUNBUFFERED": "1"}
+               "ANSIBLE_CONFIG": str(self.project_dir / "ansible.cfg"), "PYTHONUNBUFFERED": "1",
+               # ansible-runner turns host key checking off unless the environment says otherwise
+               # (ansible_runner/config/_base.py _prepare_env); Ansible would then put StrictHostKeyChecking=no
+               # ahead of the workers' pinned known_hosts.
+               "ANSIBLE_HOST_KEY_CHECKING": "True"}
         playbook = run.playbook if os.path.isabs(run.playbook) else str(self.project_dir / run.playbook)
         kwargs: dict[str, Any] = dict(
             private_data_dir=str(pdir), project_dir=str(self.project_dir), playbook=playbook, ident=ident,
