@@ -23,20 +23,20 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from agentkube_lab import kube_certificates
 from agentkube_lab.kube_disruption import DisruptionController, evict
 from agentkube_lab.kube_patch import PatchError, json_patch, merge_patch
 from agentkube_lab.kube_rbac import (
     ANONYMOUS,
-    BOOTSTRAP_USER_PREFIX,
     MASTERS,
     Identity,
     RbacAuthorizer,
     bootstrap_identity,
     forbidden,
     identity_of_client_cert,
+    node_restriction_error,
     request_attributes,
     seed_bootstrap_policy,
-    tls_bootstrap_allowed,
 )
 from agentkube_lab.kube_resources import ResourceType
 from agentkube_lab.kube_store import APPLY_PATCH, ApiError, ObjectStore, bad_request
@@ -252,6 +252,7 @@ def scale_of(rtype: ResourceType, obj: dict) -> dict:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "agentkube-lab-kube-apiserver"
+    identity: Identity = ANONYMOUS  # who sent the request being routed (set by _authorize)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -317,7 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if fault.status is not None:
                     raise ApiError(fault.status, _REASONS.get(fault.status, "InternalError"), fault.message)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            self._authorize(method, path, query)
+            self.identity = self._authorize(method, path, query)
             code, body, headers = self._route(method, path, query, raw)
             self._send(code, body, headers)
         except ApiError as e:
@@ -376,10 +377,6 @@ class _Handler(BaseHTTPRequestHandler):
         decision = self.api.authorizer.authorize(attrs)
         if decision.allowed:
             return identity
-        if (attrs.resource_request and attrs.verb == "create" and attrs.resource == "nodes" and not attrs.api_group
-                and identity.user.startswith(BOOTSTRAP_USER_PREFIX)
-                and tls_bootstrap_allowed(self.api.authorizer, identity)):
-            return identity  # the kubelet's TLS bootstrap, the emulated seam (see tls_bootstrap_allowed)
         raise forbidden(attrs, decision.reason)
 
     # ---------------------------------------------------------------- routing
@@ -407,6 +404,15 @@ class _Handler(BaseHTTPRequestHandler):
             return code, status, None
         if t.subresource == "scale":
             return self._scale(t, method, body, content_type, query)
+        if t.rtype.kind == "Node" and not t.rtype.group and method in ("POST", "PUT", "PATCH"):
+            meta = body.get("metadata") if isinstance(body, dict) else None
+            requested = t.name or (meta.get("name") if isinstance(meta, dict) else "") or ""
+            if (why := node_restriction_error(self.identity, requested)) is not None:
+                raise ApiError(403, "Forbidden", f'nodes "{requested}" is forbidden: {why}',
+                               {"name": requested, "group": "", "kind": "nodes"})
+        if t.rtype.group == kube_certificates.GROUP and t.rtype.kind == "CertificateSigningRequest" \
+                and method in ("POST", "PUT", "PATCH"):
+            return self._certificate_signing_request(t, method, body, content_type, dry_run)
         if t.name is None:
             if method == "GET":
                 if query.get("watch") in ("true", "1"):
@@ -459,6 +465,21 @@ class _Handler(BaseHTTPRequestHandler):
                                          "uid": obj["metadata"].get("uid")}}, None
         raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested "
                                                 f"resource ({method})")
+
+    def _certificate_signing_request(self, t: _Target, method: str, body: Any, content_type: str, dry_run: bool
+                                     ) -> tuple[int, dict, None]:
+        """CSR writes follow the certificates registry's own rules (kube_certificates): the requester's identity
+        is recorded on create; updates of the object, its status and its approval each change only their part."""
+        store, api = self.api.store, self.api
+        if method == "POST" and t.name is None:
+            return 201, kube_certificates.create(store, t.rtype, self.identity, body, dry_run), None
+        if t.name is None:
+            raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested "
+                                                    f"resource ({method})")
+        if method == "PATCH":
+            body = kube_certificates.patched_body(store.get(t.rtype, None, t.name), content_type, body)
+        return 200, kube_certificates.update(store, t.rtype, t.name, t.subresource, body, self.identity,
+                                             api.authorizer.authorize, dry_run), None
 
     def _scale(self, t: _Target, method: str, body: Any, content_type: str, query: dict[str, str]
                ) -> tuple[int, dict, None]:

@@ -1,8 +1,8 @@
 """Who is asking and what they may do, as kube-apiserver decides it: request identities (user, groups) from
 the lab's authenticators, request attributes from the URL, the system:masters bypass and the RBAC authorizer
-over the Roles/ClusterRoles/bindings in an ObjectStore, bootstrap-token identities, and the RBAC kubeadm (and
-so Kamaji) creates in every tenant for bootstrap tokens. Each rule cites the upstream file it is transcribed
-from (kubernetes/kubernetes unless said otherwise)."""
+over the Roles/ClusterRoles/bindings in an ObjectStore, the Node authorizer and NodeRestriction for kubelets,
+bootstrap-token identities, and the RBAC kubeadm (and so Kamaji) creates in every tenant for bootstrap tokens.
+Each rule cites the upstream file it is transcribed from (kubernetes/kubernetes unless said otherwise)."""
 
 from __future__ import annotations
 
@@ -218,10 +218,11 @@ class Decision:
 
 
 class RbacAuthorizer:
-    """The apiserver's authorizer chain as kubeadm configures it (Node,RBAC) minus the Node authorizer: the
-    system:masters group is always allowed (pkg/kubeapiserver/authorizer/config.go, the privileged-groups
-    authorizer), then RBAC (plugin/pkg/auth/authorizer/rbac/rbac.go: ClusterRoleBindings, then the request
-    namespace's RoleBindings; a binding whose role is missing denies with that error in the reason)."""
+    """The apiserver's authorizer chain as kubeadm configures it (Node,RBAC): the system:masters group is always
+    allowed (pkg/kubeapiserver/authorizer/config.go, the privileged-groups authorizer), then the Node authorizer
+    for kubelets (node_authorizer_allows, the part the lab's kubelets use), then RBAC
+    (plugin/pkg/auth/authorizer/rbac/rbac.go: ClusterRoleBindings, then the request namespace's RoleBindings; a
+    binding whose role is missing denies with that error in the reason)."""
 
     def __init__(self, store: ObjectStore):
         self.store = store
@@ -244,6 +245,8 @@ class RbacAuthorizer:
     def authorize(self, attrs: Attributes) -> Decision:
         identity = attrs.identity
         if SYSTEM_PRIVILEGED_GROUP in identity.groups:
+            return Decision(True)
+        if node_authorizer_allows(attrs):  # --authorization-mode=Node,RBAC: the Node authorizer comes first
             return Decision(True)
         if ALL_AUTHENTICATED in identity.groups and any(rule_allows(attrs, r) for r in _DISCOVERY_RULES):
             return Decision(True)
@@ -384,16 +387,48 @@ def seed_kubeadm_bootstrap_rbac(store: ObjectStore) -> None:
         store.put(obj)
 
 
-def tls_bootstrap_allowed(authorizer: RbacAuthorizer, identity: Identity) -> bool:
-    """The emulated seam of the kubelet's TLS bootstrap: no kubelet runs in the lab, so the lab's kubeadm posts
-    the Node with its bootstrap token. In a real cluster the kubelet first creates a CertificateSigningRequest
-    with that token, the csrapproving controller approves it only when the requester may create
-    certificatesigningrequests/nodeclient (pkg/controller/certificates/approver/sarapprove.go), and the kubelet
-    then registers its Node as system:node:<name> (plugin/pkg/auth/authorizer/node/node_authorizer.go). So a
-    bootstrap identity may create a Node exactly when it may do both of those steps."""
-    steps = (("certificatesigningrequests", ""), ("certificatesigningrequests", "nodeclient"))
-    return all(authorizer.authorize(Attributes(identity, "create", True, api_group="certificates.k8s.io",
-                                               resource=r, subresource=s)).allowed for r, s in steps)
+# ---------------------------------------------------------------- the Node authorizer and NodeRestriction
+NODES_GROUP = "system:nodes"
+NODE_USER_PREFIX = "system:node:"
+
+
+def node_name_of(identity: Identity) -> str | None:
+    """The node a request comes from: user system:node:<name> in group system:nodes
+    (pkg/auth/nodeidentifier/default.go NodeIdentity); None for anyone else."""
+    if NODES_GROUP not in identity.groups or not identity.user.startswith(NODE_USER_PREFIX):
+        return None
+    return identity.user[len(NODE_USER_PREFIX):]
+
+
+def node_authorizer_allows(attrs: Attributes) -> bool:
+    """The part of the Node authorizer (plugin/pkg/auth/authorizer/node/node_authorizer.go) the lab's kubelets
+    use: Node objects (authorizeNode: create/update/patch, left to NodeRestriction; get/list/watch of its own
+    Node only; update/patch of nodes/status), its Lease in kube-node-lease (authorizeLease) and, from the static
+    node rules (plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go NodeRules), create/get/list/watch of
+    certificatesigningrequests for certificate rotation. Everything else: no opinion (RBAC decides)."""
+    node = node_name_of(attrs.identity)
+    if not node or not attrs.resource_request:
+        return False
+    group, resource, sub, verb = attrs.api_group, attrs.resource, attrs.subresource, attrs.verb
+    if group == "" and resource == "nodes":
+        if sub == "":
+            return verb in ("create", "update", "patch") or (verb in ("get", "list", "watch") and attrs.name == node)
+        return sub == "status" and verb in ("update", "patch")
+    if group == "coordination.k8s.io" and resource == "leases":
+        return (verb in ("get", "create", "update", "patch", "delete") and attrs.namespace == "kube-node-lease"
+                and (verb == "create" or attrs.name == node))
+    if group == "certificates.k8s.io" and resource == "certificatesigningrequests" and not sub:
+        return verb in ("create", "get", "list", "watch")
+    return False
+
+
+def node_restriction_error(identity: Identity, requested: str) -> str | None:
+    """plugin/pkg/admission/noderestriction/admission.go admitNode: a node may create or modify only its own Node
+    object; the message the 403 carries, or None."""
+    node = node_name_of(identity)
+    if node is None or requested == node:
+        return None
+    return f'node "{node}" is not allowed to modify node "{requested}"'
 
 
 def has_rbac_types(catalog: ResourceCatalog) -> bool:

@@ -65,6 +65,7 @@ class ResourceType:
                 "status": (self.kind, ["get", "patch", "update"]),
                 "scale": ("Scale", ["get", "patch", "update"]),
                 "eviction": ("Eviction", ["create"]),
+                "approval": (self.kind, ["get", "patch", "update"]),
             }.get(sub, (self.kind, ["get"]))
             entry = {"name": f"{self.plural}/{sub}", "singularName": "", "namespaced": self.namespaced,
                      "kind": kind, "verbs": verbs}
@@ -112,6 +113,13 @@ POLICY_TYPES: tuple[ResourceType, ...] = (
                  scale_selector_path="spec.selector"),
 )
 
+# certificates.k8s.io/v1 CertificateSigningRequests (k8s.io/api/certificates/v1/types.go: cluster-scoped, short
+# name csr, subresources status and approval), served by every tenant for the kubelet's TLS bootstrap; their rules
+# live in kube_certificates.
+CERTIFICATE_SIGNING_REQUEST = ResourceType(
+    "certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", False, ("csr",),
+    subresources=("status", "approval"))
+
 # What a tenant's API server also serves for the baseline (CNI manifests, policies, quotas) and for drains.
 TENANT_EXTRA_TYPES: tuple[ResourceType, ...] = (
     _core("ResourceQuota", "resourcequotas", True, ("quota",), ("status",)),
@@ -125,6 +133,7 @@ TENANT_EXTRA_TYPES: tuple[ResourceType, ...] = (
     *POLICY_TYPES,
     ResourceType("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", False,
                  ("crd",), subresources=("status",)),
+    CERTIFICATE_SIGNING_REQUEST,
 )
 
 # coordination.k8s.io/v1 Leases (k8s.io/api/coordination/v1/types.go: namespaced, no subresource), served by the

@@ -572,6 +572,10 @@ class ObjectStore:
         if rtype.group == "rbac.authorization.k8s.io" and name and name not in (".", "..") \
                 and not any(c in name for c in "/%"):
             return  # ValidateRBACName = path.IsValidPathSegmentName (pkg/apis/rbac/validation): "kubeadm:..." is valid
+        if rtype.group == "certificates.k8s.io" and name and name not in (".", "..") \
+                and not any(c in name for c in "/%"):
+            return  # ValidateCertificateRequestName accepts any name (pkg/apis/certificates/validation): the
+            # kubelet's node-csr-<base64url digest> has capitals and '_'; only a path segment is required
         pattern = _DNS1123_LABEL if rtype.kind == "Namespace" else _DNS1123_SUBDOMAIN
         limit = 63 if rtype.kind == "Namespace" else 253
         if not name:

@@ -3,8 +3,8 @@ certificate, its own object store seeded with what `kubeadm join` and the agent'
 (kube-public/cluster-info signed for bootstrap tokens, the default namespaces and service accounts), the
 kube-system/kubeadm-config and kubelet-config Kamaji uploads (built as Kamaji builds them, see
 kubelet_configuration()), admin.conf/super-admin.conf with client certificates of the tenant CA (mutual TLS),
-bootstrap-token authentication, and helpers to emulate what kubelets would register (Nodes, Pods): the narrow
-seam where no real kubelet runs."""
+bootstrap-token authentication, the CSR approver and signer of its controller manager (kube_certificates), and
+helpers to emulate what kubelets would register (Nodes, Pods): the narrow seam where no real kubelet runs."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from agentkube_lab.certs import LabCA, issue_client_cert
+from agentkube_lab.kube_certificates import CsrControllers
 from agentkube_lab.kube_http import KubeApiServer
 from agentkube_lab.kube_kubeconfig import kubeconfig_yaml
 from agentkube_lab.kube_patch import PatchError, json_patch
@@ -145,6 +146,9 @@ class TenantApi:
         self.kubelet_config_error: str | None = None  # why Kamaji could not write kubelet-config, if it could not
         self.store = ObjectStore(ResourceCatalog(CORE_TYPES + TENANT_EXTRA_TYPES))
         self.store.listeners.append(self._on_change)
+        # the tenant's kube-controller-manager for CSRs (csrapproving + the kubelet client signer, from this CA):
+        # it runs while the control plane runs, so a kubelet's TLS bootstrap works as in a kubeadm cluster
+        self.csr_controllers = CsrControllers(self.store, self._ca)
         self.server: KubeApiServer | None = None
         self.port = 0
         self._lock = threading.Lock()
@@ -180,6 +184,7 @@ class TenantApi:
             server.start()
             self.server, self.port = server, server.port
         self._seed_endpoint()
+        self.csr_controllers.start()
 
     def _make_server(self, port: int) -> KubeApiServer:
         return KubeApiServer(
@@ -192,6 +197,7 @@ class TenantApi:
     def stop(self) -> None:
         with self._lock:
             server, self.server = self.server, None
+        self.csr_controllers.stop()
         if server is not None:
             server.stop()
 

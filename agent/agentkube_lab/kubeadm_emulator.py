@@ -14,11 +14,15 @@ follows kubernetes/kubernetes cmd/kubeadm (cited beside it; the join's rules liv
   4. kubelet-start: writes /etc/kubernetes/bootstrap-kubelet.conf and pki/ca.crt first, refuses when a Ready
      Node of that name exists, writes /var/lib/kubelet/config.yaml (the cluster's kubelet-config: missing, the
      phase fails), "starts the kubelet" (the emulated kubelet refuses swap and a cgroup driver that differs from
-     containerd's), then registers the Node (name, node-labels, taints) in place of the kubelet's TLS bootstrap
-     and writes /etc/kubernetes/kubelet.conf. bootstrap-kubelet.conf is removed when the phase ends, as kubeadm's
-     deferred os.Remove does; a join killed after that point leaves it and ca.crt behind, and every retry is then
-     refused by preflight until `kubeadm reset`.
-  There is no CertificateSigningRequest: kubelet.conf names client-certificate paths that hold no certificate.
+     containerd's), then performs the kubelet's TLS bootstrap (kubelet_tls_bootstrap: an ECDSA P-256 key and a
+     CertificateSigningRequest for system:node:<name> made with the bootstrap token, the approved and issued
+     certificate kept as /var/lib/kubelet/pki/kubelet-client-<date>.pem behind kubelet-client-current.pem),
+     registers the Node (name, node-labels, taints) as the kubelet does, with that client certificate, and
+     writes /etc/kubernetes/kubelet.conf pointing at it. (A real kubelet writes kubelet.conf before it registers
+     its Node; here it comes last, so that kubelet.conf keeps meaning "joined" for the role and its tests.)
+     bootstrap-kubelet.conf is removed when the phase ends, as kubeadm's deferred os.Remove does; a join killed
+     after that point leaves it and ca.crt behind, and every retry is then refused by preflight until
+     `kubeadm reset`.
 - `kubeadm config validate --config FILE` (strict: unknown fields are errors), `kubeadm version -o short`,
   `kubeadm reset -f` (local files only, as the real one), `kubeadm upgrade node` (checks the node has joined and
   rewrites the kubelet config).
@@ -26,8 +30,8 @@ Nothing else is emulated. `install_into_rootfs` also places lab stand-ins for `k
 only print their version; `package_files` names the files of each stand-in package, for install_into_rootfs and
 for the lab's apt repository (k8s_apt_repo), which serves them as .deb packages.
 
-Runs inside the root filesystem with its python3: standard library plus PyYAML (python3-yaml), and
-kubeadm_checks installed beside it; no agentkube imports.
+Runs inside the root filesystem with its python3: standard library plus PyYAML (python3-yaml), `openssl`, and
+kubeadm_checks and kubelet_tls_bootstrap installed beside it; no other agentkube imports.
 """
 
 from __future__ import annotations
@@ -53,12 +57,14 @@ except ImportError:  # pragma: no cover - depends on the root filesystem
 
 try:
     from agentkube_lab import kubeadm_checks as checks
+    from agentkube_lab import kubelet_tls_bootstrap as tls_bootstrap
 except ImportError:  # pragma: no cover - inside the root filesystem, installed beside this file
     import kubeadm_checks as checks  # type: ignore[no-redef]
+    import kubelet_tls_bootstrap as tls_bootstrap  # type: ignore[no-redef]
 
 LAB_MARKER = "agentkube LAB EMULATOR"
 VERSION_FILE = "/usr/lib/agentkube-lab/kubernetes-version"
-LIB_DIR = "/usr/lib/agentkube-lab/python"  # kubeadm_emulator and kubeadm_checks inside the root filesystem
+LIB_DIR = "/usr/lib/agentkube-lab/python"  # kubeadm_emulator and the modules it imports, inside the root fs
 KUBERNETES_DIR = "/etc/kubernetes"
 KUBELET_DIR = "/var/lib/kubelet"
 API_VERSION = "kubeadm.k8s.io/v1beta4"
@@ -301,8 +307,12 @@ def node_info(version: str) -> dict[str, str]:
             "bootID": machine_id}
 
 
-def register_node(server: str, ca_pem: bytes, token: str, cfg: dict, version: str) -> None:
+def register_node(server: str, ca_pem: bytes, client_pem: Path, cfg: dict, version: str) -> None:
+    """The kubelet's registerWithAPIServer, authenticated with its bootstrapped client certificate
+    (system:node:<name>, group system:nodes: the Node authorizer and NodeRestriction let it create its own
+    Node)."""
     context = ssl.create_default_context(cadata=ca_pem.decode())
+    context.load_cert_chain(str(client_pem))  # the certificate and its key, in one file
     reg = cfg["nodeRegistration"]
     name = reg["name"]
     labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **node_labels(cfg)}
@@ -321,7 +331,7 @@ def register_node(server: str, ca_pem: bytes, token: str, cfg: dict, version: st
         },
     }
     try:
-        status, body = _request(f"{server}/api/v1/nodes", context, token=token, method="POST", body=node)
+        status, body = _request(f"{server}/api/v1/nodes", context, method="POST", body=node)
     except (OSError, ValueError) as exc:
         raise KubeadmError(f"[kubelet-start] cannot reach {server}: {exc}") from exc
     if status == 409:
@@ -415,9 +425,11 @@ def refuse_ready_node(server: str, ca_pem: bytes, token: str, name: str) -> None
 
 
 def write_kubelet_conf(server: str, ca_pem: bytes, name: str) -> None:
-    """/etc/kubernetes/kubelet.conf, which the kubelet writes when its TLS bootstrap completes."""
-    user = {"client-certificate": f"{KUBELET_DIR}/pki/kubelet-client-current.pem",
-            "client-key": f"{KUBELET_DIR}/pki/kubelet-client-current.pem"}
+    """/etc/kubernetes/kubelet.conf, which the kubelet writes when its TLS bootstrap completes
+    (pkg/kubelet/certificate/bootstrap/bootstrap.go writeKubeconfigFromBootstrapping: the bootstrap kubeconfig's
+    server and CA, the certificate store's current pair as client certificate and key)."""
+    pem = f"{KUBELET_DIR}/pki/{tls_bootstrap.CURRENT}"
+    user = {"client-certificate": pem, "client-key": pem}
     _write_private(_path(f"{KUBERNETES_DIR}/kubelet.conf"),
                    f"# written by the {LAB_MARKER} of kubeadm for node {name}\n" + _kubeconfig(server, ca_pem, user))
 
@@ -461,9 +473,10 @@ def cmd_join(config: str, ignore_cli: list[str]) -> None:
 
 def kubelet_start(server: str, ca_pem: bytes, token: str, cfg: dict, kubelet_config: str | None) -> None:
     """join's kubelet-start phase (cmd/kubeadm/app/cmd/phases/join/kubelet.go runKubeletStartJoinPhase), with the
-    kubelet emulated: its start checks (kubeadm_checks.kubelet_start_error), then the Node registration standing
-    in for its TLS bootstrap, then kubelet.conf. bootstrap-kubelet.conf goes when the phase ends, success or
-    error (the phase's deferred os.Remove); a kill (SIGTERM/SIGKILL from `timeout`) leaves it."""
+    kubelet emulated: its start checks (kubeadm_checks.kubelet_start_error), its TLS bootstrap (a CSR approved and
+    signed by the tenant), its Node registration with the issued client certificate, then kubelet.conf.
+    bootstrap-kubelet.conf goes when the phase ends, success or error (the phase's deferred os.Remove); a kill
+    (SIGTERM/SIGKILL from `timeout`) leaves it."""
     name = cfg["nodeRegistration"]["name"]
     bootstrap = _path(f"{KUBERNETES_DIR}/bootstrap-kubelet.conf")
     try:
@@ -480,10 +493,39 @@ def kubelet_start(server: str, ca_pem: bytes, token: str, cfg: dict, kubelet_con
         if why:
             raise KubeadmError(f"error execution phase kubelet-start: {why}")
         print("[kubelet-start] Waiting for the kubelet to perform the TLS Bootstrap")
-        register_node(server, ca_pem, token, cfg, lab_version())
+        client_pem = perform_tls_bootstrap(server, ca_pem, token, name, tls_bootstrap_timeout(cfg))
+        register_node(server, ca_pem, client_pem, cfg, lab_version())
         write_kubelet_conf(server, ca_pem, name)
     finally:
         bootstrap.unlink(missing_ok=True)
+
+
+def tls_bootstrap_timeout(cfg: dict) -> float:
+    """JoinConfiguration timeouts.tlsBootstrap (default 5m0s, cmd/kubeadm/app/apis/kubeadm/v1beta4/defaults.go),
+    how long kubeadm waits for the kubelet's TLS bootstrap (cmd/kubeadm/app/cmd/phases/join/kubelet.go
+    waitForTLSBootstrappedClient)."""
+    value = (cfg.get("timeouts") or {}).get("tlsBootstrap") or "5m0s"
+    match = DURATION_RE.match(value)
+    hours, minutes, seconds = (match.group(i) if match else None for i in (1, 2, 3))
+    return (float((hours or "0h")[:-1]) * 3600 + float((minutes or "0m")[:-1]) * 60
+            + float((seconds or "0s")[:-1]))
+
+
+def perform_tls_bootstrap(server: str, ca_pem: bytes, token: str, name: str, timeout: float) -> Path:
+    """The emulated kubelet's TLS bootstrap with bootstrap-kubelet.conf's token (kubelet_tls_bootstrap); returns
+    kubelet-client-current.pem."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+
+    def request(path: str, method: str, body: dict | None) -> tuple[int, dict]:
+        return _request(f"{server}{path}", context, token=token, method=method, body=body)
+
+    try:
+        return tls_bootstrap.bootstrap(request, _path(f"{KUBELET_DIR}/pki"), name, timeout)
+    except (OSError, ValueError) as exc:
+        raise KubeadmError(f"[kubelet-start] cannot reach {server}: {exc}") from exc
+    except tls_bootstrap.BootstrapError as exc:
+        raise KubeadmError("error execution phase kubelet-start: failed while waiting for the kubelet to perform "
+                           f"the TLS Bootstrap: {exc}") from exc
 
 
 def cmd_reset() -> None:
@@ -505,7 +547,7 @@ def cmd_upgrade_node() -> None:
     if not _path(f"{KUBERNETES_DIR}/kubelet.conf").exists():
         raise KubeadmError("[upgrade] this node has not joined a cluster (no kubelet.conf)")
     # `kubeadm upgrade node` re-downloads kubelet-config with the node's credentials (phases/upgrade/node
-    # kubelet-config); the lab node has no real client certificate, so the configuration it joined with is kept
+    # kubelet-config); the lab emulator does not talk to the API here: the configuration it joined with is kept
     current = _path(f"{KUBELET_DIR}/config.yaml")
     body = "\n".join(line for line in current.read_text().splitlines() if not line.startswith("#")) \
         if current.exists() else ""
@@ -598,7 +640,7 @@ def package_files(package: str, version: str) -> dict[str, tuple[str, int]]:
     check_version(version)
     if package == "kubeadm":
         files = {f"{LIB_DIR}/{module.name}": (module.read_text(), 0o644)
-                 for module in (Path(__file__), Path(checks.__file__))}
+                 for module in (Path(__file__), Path(checks.__file__), Path(tls_bootstrap.__file__))}
         files["/usr/bin/kubeadm"] = (KUBEADM_LAUNCHER.format(lib_dir=LIB_DIR), 0o755)
         files[VERSION_FILE] = (version + "\n", 0o644)
         return files
