@@ -62,6 +62,7 @@ class CloudInit:
 class Machine:
     disk: GuestDisk
     sshd: GuestSshd | None = None
+    booting: threading.Lock = field(default_factory=threading.Lock)
 
 
 class GuestMachines:
@@ -79,16 +80,15 @@ class GuestMachines:
         if ipaddress.ip_address(settings.address) not in LOOPBACK:
             raise ValueError(f"lab VM {settings.hostname}: address {settings.address} is outside 127.0.0.0/8")
         with self._lock:
-            machine = self._machines.get(key)
-        if machine is None:
-            machine = Machine(GuestDisk.provision(self.cache, self.disks_dir / key))
-            with self._lock:
-                self._machines[key] = machine
-        machine.disk.apply_cloud_init(hostname=settings.hostname, user=settings.user,
-                                      ssh_authorized_keys=settings.ssh_authorized_keys, address=settings.address,
-                                      prefix=settings.prefix, gateway=settings.gateway,
-                                      nameservers=settings.nameservers, mac=settings.mac, dhcp=settings.dhcp)
-        return machine.disk.host_key("ed25519")
+            machine = self._machines.setdefault(key, Machine(GuestDisk(self.disks_dir / key)))
+        with machine.booting:  # one boot of a VM at a time: two would both be "first boots" and make two host keys
+            if not machine.disk.root.is_dir():
+                machine.disk = GuestDisk.provision(self.cache, machine.disk.root)
+            machine.disk.apply_cloud_init(hostname=settings.hostname, user=settings.user,
+                                          ssh_authorized_keys=settings.ssh_authorized_keys, address=settings.address,
+                                          prefix=settings.prefix, gateway=settings.gateway,
+                                          nameservers=settings.nameservers, mac=settings.mac, dhcp=settings.dhcp)
+            return machine.disk.host_key("ed25519")
 
     def start_sshd(self, key: str, address: str) -> None:
         with self._lock:

@@ -438,7 +438,10 @@ def _lab_fake_class():
             if delay is None or vm.name in self.guests.silent:
                 return  # the fault: this guest's agent never comes up
             await self.pause(delay)
+            if vm.__dict__.get("_lab_booted") == boot:
+                return  # a second start request while this boot was pending (HA: hastart queued twice): one boot
             if vm.status == "running" and vm.started_at == boot and vm in self.vms:
+                vm.__dict__["_lab_booted"] = boot
                 vm.agent = {"interfaces": self.guests.interfaces(vm, list(self.vms)), "files": {}}
                 if self.guests.machines is not None:
                     await self._lab_machine_boots(vm, boot)
