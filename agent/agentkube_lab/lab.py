@@ -95,12 +95,6 @@ class Lab:
             from agentkube_lab.kube_emulator import KubeEmulator
 
             self.kube = KubeEmulator(self.state_dir / "kube", ready_delay=tcp_ready_delay)
-        if pve:
-            from agentkube_lab.pve_lab import PveLab
-
-            # Proxmox as a real cluster behaves (pvestatd's lag, two-step clones, HA-managed VMs, the
-            # least-privileged token ...: pve_realism.py); realistic_pve=False only for fakepve's kinder model.
-            self.pve = PveLab(self.state_dir / "pve", realistic=realistic_pve)
         if emulated_workers is None:
             emulated_workers = kube and pve and emulated_workers_available()[0]
         elif emulated_workers:
@@ -109,6 +103,18 @@ class Lab:
                 raise RuntimeError(f"emulated workers are not available: {why}")
         self.emulated_workers = bool(emulated_workers)
         self.apt_repo: Any = None
+        self.network: Any = None
+        if pve:
+            from agentkube_lab.pve_lab import LAB_NETWORK, PveLab
+
+            if self.emulated_workers:
+                from agentkube_lab.lab_guest_machines import LabNetwork
+
+                self.network = LabNetwork()  # the VMs' sshds: addresses no other lab on this machine uses
+            # Proxmox as a real cluster behaves (pvestatd's lag, two-step clones, HA-managed VMs, the
+            # least-privileged token ...: pve_realism.py); realistic_pve=False only for fakepve's kinder model.
+            self.pve = PveLab(self.state_dir / "pve", realistic=realistic_pve,
+                              network=self.network.prefix if self.network else LAB_NETWORK)
         if self.emulated_workers:
             from agentkube_lab.k8s_apt_repo import K8sAptRepo
             from agentkube_lab.lab_guest_machines import GuestMachines
@@ -142,6 +148,8 @@ class Lab:
             self.pve.stop()
         if self.apt_repo is not None:
             self.apt_repo.stop()
+        if self.network is not None:
+            self.network.release()
         if self.kube is not None:
             self.kube.stop()
         self.fulcrum.stop()

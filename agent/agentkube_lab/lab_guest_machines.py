@@ -10,10 +10,14 @@ packages come only from the lab's Kubernetes repository on loopback (k8s_apt_rep
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import logging
+import os
+import random
 import re
 import subprocess
+import tempfile
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -27,6 +31,35 @@ LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key.pub"
 # PVE's default when `ciuser` is not set is the image's own default user (Debian's cloud images: debian).
 DEFAULT_CIUSER = "debian"
+
+
+class LabNetwork:
+    """A /24 of 127.0.0.0/8 that this lab alone uses while it runs ("127.X.Y", X from 16 up: 127.0.x.x is left to
+    fixed test addresses): each claim holds an exclusive lock on a file named after the network in the temp
+    folder, so two labs on one machine (parallel test processes, a demo beside the suite) never put sshds at the
+    same addresses. `release()` (or the process's end) frees it."""
+
+    LOCK_DIR = Path(tempfile.gettempdir()) / "agentkube-lab-networks"
+
+    def __init__(self, rng: random.Random | None = None):
+        rng = rng or random.SystemRandom()
+        self.LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
+        for _ in range(200):
+            prefix = f"127.{rng.randint(16, 254)}.{rng.randint(0, 255)}"
+            fd = os.open(self.LOCK_DIR / prefix, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.prefix, self._fd = prefix, fd
+            return
+        raise RuntimeError(f"no free lab network in 127.0.0.0/8 ({self.LOCK_DIR} holds 200 claimed ones)")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,10 @@ TOKEN_NAME = "agent"  # noqa: S105 - the token id; its secret is random per lab 
 # The lab network: the static pool of group_vars() and, disjoint from it, the DHCP server's range.
 # The lab network lies in 127.0.0.0/8 (all of it is local on Linux): each VM's sshd binds its own address there,
 # and nothing in the lab connects outside loopback. The gateway and nameserver are only strings in the VM config.
-LAB_GATEWAY = "127.0.10.1"
-STATIC_POOL = "127.0.10.60-127.0.10.199"
-DHCP_RANGE = "127.0.10.200-127.0.10.250"
+# A lab whose VMs run sshds takes a /24 of its own (lab_guest_machines.LabNetwork), so that two labs on one machine
+# never answer at each other's addresses.
+LAB_NETWORK = "127.0.10"
+DHCP_RANGE = f"{LAB_NETWORK}.200-{LAB_NETWORK}.250"
 LAB_PREFIX = 24
 # PVE seconds from a VM's start until its guest agent answers (the guest booting).
 AGENT_DELAY = 30.0
@@ -544,12 +545,15 @@ class PveLab:
 
     def __init__(self, state_dir: Path | str, time_scale: float = 0.01, clone_secs: float = 20.0,
                  nodes: tuple[str, ...] = NODES, agent_delay: float | None = AGENT_DELAY,
-                 dhcp_range: str = DHCP_RANGE, realistic: bool = False, realism: Realism | None = None):
+                 dhcp_range: str | None = None, realistic: bool = False, realism: Realism | None = None,
+                 network: str = LAB_NETWORK):
         self.state_dir = Path(state_dir)
         # Real-cluster behaviours (pve_realism.py): all off unless asked for; realistic=True turns all on.
         self.realism = realism or (Realism.realistic() if realistic else Realism())
         # The guests' behaviour; `guests.agent_delay` may be changed while the lab runs.
-        self.guests = LabGuests(agent_delay, LabDhcp(dhcp_range))
+        # The lab network's first three octets: gateway .1, static pool .60-.199, DHCP .200-.250.
+        self.network = network
+        self.guests = LabGuests(agent_delay, LabDhcp(dhcp_range or f"{network}.200-{network}.250"))
         self.time_scale = time_scale
         self.clone_secs = clone_secs
         self.nodes = nodes
@@ -696,10 +700,10 @@ class PveLab:
             "proxmox_vm_vmid_max": 4999,
             "proxmox_vm_full_clone": True,
             "proxmox_vm_ip_mode": ip_mode,
-            "proxmox_vm_ip_pool": STATIC_POOL,
+            "proxmox_vm_ip_pool": f"{self.network}.60-{self.network}.199",
             "proxmox_vm_ip_prefix": LAB_PREFIX,
-            "proxmox_vm_ip_gateway": LAB_GATEWAY,
-            "proxmox_vm_nameservers": [LAB_GATEWAY],
+            "proxmox_vm_ip_gateway": f"{self.network}.1",
+            "proxmox_vm_nameservers": [f"{self.network}.1"],
             "proxmox_vm_ciuser": "agentkube",
             "proxmox_vm_ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAgentKubeLabKeyOnly lab"],
             # Lab time is scaled: PVE seconds pass time_scale times faster, so waits stay short.

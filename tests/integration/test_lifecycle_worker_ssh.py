@@ -74,6 +74,16 @@ def test_a_worker_whose_ssh_answers_late_is_waited_for_and_joined(lab):
     assert "Accepted publickey for agentkube" in sshd_log(lab, node)
     held = (root / "var/lib/dpkg/status").read_text()
     assert "Package: kubeadm\nStatus: hold ok installed" in held and "Version: 1.35.7-1.1" in held
+    # The join configuration holding the bootstrap token is gone from the worker (its record is token-free), and
+    # the SSH private key reached none of the agent's files (ansible-runner artifacts, job events, its log).
+    assert not (root / "etc/kubernetes/kubeadm-join.yaml").exists()
+    assert "token: \"REDACTED\"" in (root / "etc/kubernetes/kubeadm-join.redacted.yaml").read_text()
+    private = "".join(lab.ssh_key.read_text().splitlines()[1:-1])
+    secrets = [private[i:i + 40] for i in range(0, len(private), 40)]
+    for path in (lab.state_dir / "agent").rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert not any(s in text for s in secrets), f"the SSH private key leaked into {path}"
     delete(lab, svc)
 
 

@@ -18,9 +18,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from unit_support import start_tenant
 
 from agentkube_lab import kubeadm_emulator as ke
-from agentkube_lab.kube_emulator import KubeEmulator
 
 TOKEN_ID, TOKEN_SECRET = "abcdef", "0123456789abcdef"
 TOKEN = f"{TOKEN_ID}.{TOKEN_SECRET}"
@@ -30,19 +30,7 @@ KUBELET_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
 
 @pytest.fixture
 def tenant(tmp_path):
-    emulator = KubeEmulator(tmp_path / "kube", ready_delay=0.05, validate_schema=False).start()
-    emulator.put_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tenants"}})
-    emulator.put_object({
-        "apiVersion": "kamaji.clastix.io/v1alpha1", "kind": "TenantControlPlane",
-        "metadata": {"name": "t1", "namespace": "tenants"},
-        "spec": {"controlPlane": {"deployment": {"replicas": 1}, "service": {"serviceType": "ClusterIP"}},
-                 "kubernetes": {"version": "v1.35.7", "kubelet": {}}, "dataStore": "default",
-                 "dataStoreSchema": "t1"}})
-    for _ in range(300):
-        t = emulator.tenant("tenants", "t1")
-        if t is not None and t.running:
-            break
-        time.sleep(0.02)
+    emulator, t = start_tenant(tmp_path / "kube")
     yield t
     emulator.stop()
 

@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import pytest
 import yaml
+from unit_support import start_tenant
 
 from agentkube_lab import kubeadm_emulator as ke
-from agentkube_lab.kube_emulator import KubeEmulator
 
 TOKEN_ID, TOKEN_SECRET = "abcdef", "0123456789abcdef"
 
 
 @pytest.fixture
 def tenant(tmp_path):
-    emulator = KubeEmulator(tmp_path / "kube", ready_delay=0.05, validate_schema=False).start()
-    emulator.put_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tenants"}})
-    emulator.put_object({
-        "apiVersion": "kamaji.clastix.io/v1alpha1", "kind": "TenantControlPlane",
-        "metadata": {"name": "t1", "namespace": "tenants"},
-        "spec": {"controlPlane": {"deployment": {"replicas": 1}, "service": {"serviceType": "ClusterIP"}},
-                 "kubernetes": {"version": "v1.35.7", "kubelet": {}}, "dataStore": "default",
-                 "dataStoreSchema": "t1"}})
-    for _ in range(300):
-        t = emulator.tenant("tenants", "t1")
-        if t is not None and t.running:
-            break
-        time.sleep(0.02)
+    emulator, t = start_tenant(tmp_path / "kube")
     expiration = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     t.store.put({"apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
                  "metadata": {"name": f"bootstrap-token-{TOKEN_ID}", "namespace": "kube-system"},

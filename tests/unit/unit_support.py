@@ -62,3 +62,21 @@ def grant_leader_election(emu, namespace: str, name: str, subject: dict[str, str
                     "metadata": {"name": name, "namespace": namespace},
                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
                     "subjects": [subject]})
+
+
+def start_tenant(state_dir: Path):
+    """A Kubernetes emulator (the Kamaji parent) serving one running tenant, tenants/t1 at v1.35.7:
+    (emulator, tenant). The caller stops the emulator."""
+    from agentkube_lab.kube_emulator import KubeEmulator
+
+    emulator = KubeEmulator(state_dir, ready_delay=0.05, validate_schema=False).start()
+    emulator.put_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tenants"}})
+    emulator.put_object({
+        "apiVersion": "kamaji.clastix.io/v1alpha1", "kind": "TenantControlPlane",
+        "metadata": {"name": "t1", "namespace": "tenants"},
+        "spec": {"controlPlane": {"deployment": {"replicas": 1}, "service": {"serviceType": "ClusterIP"}},
+                 "kubernetes": {"version": "v1.35.7", "kubelet": {}}, "dataStore": "default",
+                 "dataStoreSchema": "t1"}})
+    tenant = wait_for(lambda: (t := emulator.tenant("tenants", "t1")) is not None and t.running and t, 6,
+                      what="the tenant API")
+    return emulator, tenant
