@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*; touch $@
 
 # The Debian 12 root filesystem the lab's emulated workers (and kubeadm_node's molecule scenario) run in.
-# Needs root and debootstrap; without them the demo still runs, its workers are not joined, and it says so.
+# Needs root and debootstrap; without them the demo still runs, its workers are not joined, and it says so (and
+# the tests that boot workers skip, saying why). `make test` builds it first so that they run.
 ROOTFS ?= $(CURDIR)/.cache/rootfs/debian12
 export AGENTKUBE_ROOTFS_CACHE ?= $(ROOTFS)
 rootfs:
@@ -37,7 +38,7 @@ lint: venv
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them (--dist loadfile: a
 # module's lab fixture serves all its tests); TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 2
-test: lint
+test: lint rootfs
 	@scripts/system-packages.sh
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
 
