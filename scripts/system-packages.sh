@@ -4,6 +4,8 @@
 #   kubernetes-client   kubectl, for `kubectl kustomize deploy/kubernetes`
 #   systemd             systemd-analyze, to verify deploy/systemd/agentkube.service
 #   buildah, podman, mmdebstrap   to build deploy/container/Containerfile on a base made from Debian packages
+#   openssh-client      ssh, ssh-keyscan, ssh-keygen: the playbooks reach the lab's worker VMs over SSH
+#   gpg                 signs the lab's Kubernetes apt repository
 # Without root (or apt), the tests that need them skip and say why.
 set -u
 need=()
@@ -14,6 +16,8 @@ want systemd-analyze systemd
 want buildah buildah
 want podman podman
 want mmdebstrap mmdebstrap
+want ssh-keyscan openssh-client
+want gpg gpg
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "system-packages: missing ${need[*]} and cannot install (not root or no apt); dependent tests will skip" >&2
