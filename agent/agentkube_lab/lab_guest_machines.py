@@ -11,7 +11,6 @@ packages come only from the lab's Kubernetes repository on loopback (k8s_apt_rep
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import logging
 import os
 import random
@@ -23,11 +22,10 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agentkube_lab.vm_guest_os import GuestDisk, GuestSshd
+from agentkube_lab.vm_guest_os import GuestDisk, GuestSshd, loopback_address
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key.pub"
 # PVE's default when `ciuser` is not set is the image's own default user (Debian's cloud images: debian).
 DEFAULT_CIUSER = "debian"
@@ -110,8 +108,7 @@ class GuestMachines:
 
     def boot(self, key: str, settings: CloudInit) -> str:
         """Make the disk (first boot) and apply cloud-init; returns the ed25519 host public key line."""
-        if ipaddress.ip_address(settings.address) not in LOOPBACK:
-            raise ValueError(f"lab VM {settings.hostname}: address {settings.address} is outside 127.0.0.0/8")
+        loopback_address(settings.address)  # before any disk is made for it
         with self._lock:
             machine = self._machines.setdefault(key, Machine(GuestDisk(self.disks_dir / key)))
         with machine.booting:  # one boot of a VM at a time: two would both be "first boots" and make two host keys
